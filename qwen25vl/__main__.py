@@ -1,0 +1,5 @@
+import sys
+
+from qwen25vl.cli import main
+
+sys.exit(main())
