@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name != name:  # a missing dependency inside the module is a real error
+            if err.name is None or not name.startswith(err.name):  # a missing dependency inside it is a real error
                 raise
             continue
         module.register(sub)
