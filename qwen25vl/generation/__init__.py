@@ -1,0 +1,1 @@
+"""Sampling, prefill/decode, streaming and batched generation."""

@@ -1,0 +1,1 @@
+"""Images, video, tokenizer, chat template and the processor. No nn.Module here."""

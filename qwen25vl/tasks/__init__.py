@@ -1,0 +1,1 @@
+"""Grounding, document parsing, video timestamps and agent actions."""
