@@ -1,0 +1,143 @@
+"""Sampling and stop strings: pure functions, checked against transformers' logits processors."""
+
+import random
+
+import pytest
+import torch
+
+from qwen25vl.errors import InputError
+from qwen25vl.generation.sampling import SamplingParams, sample, sampling_probs, seen_mask
+from qwen25vl.generation.stopping import StopStringFilter, find_stop, partial_stop_len
+
+lp = pytest.importorskip("transformers.generation.logits_process")
+
+
+def _hf_probs(logits, prev, p: SamplingParams):
+    scores = logits.clone()
+    if p.repetition_penalty != 1:
+        scores = lp.RepetitionPenaltyLogitsProcessor(p.repetition_penalty)(prev, scores)
+    chain = [lp.TemperatureLogitsWarper(p.temperature)]
+    if p.top_k:
+        chain.append(lp.TopKLogitsWarper(p.top_k))
+    if p.top_p < 1:
+        chain.append(lp.TopPLogitsWarper(p.top_p))
+    if p.min_p > 0:
+        chain.append(lp.MinPLogitsWarper(p.min_p))
+    for warper in chain:
+        scores = warper(prev, scores)
+    return scores.softmax(-1)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=1.3, top_k=5),
+        SamplingParams(temperature=0.9, top_p=0.8),
+        SamplingParams(temperature=1.0, min_p=0.1),
+        SamplingParams(temperature=0.8, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.3),
+    ],
+)
+def test_distribution_equals_transformers_processors(params):
+    logits = torch.randn(3, 50) * 3
+    prev = torch.randint(0, 50, (3, 7))
+    ours = sampling_probs(logits, params, prev)
+    ref = _hf_probs(logits, prev, params)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    assert (ours > 0).sum() < 150 or params.top_k == 0  # filters really removed something where asked
+
+
+def test_greedy_is_argmax_after_repetition_penalty():
+    logits = torch.tensor([[2.0, 1.9, -1.0], [0.1, -0.5, -0.4]])
+    assert sample(logits, SamplingParams()).tolist() == [0, 0]
+    # penalty 2 on token 0: row 0 -> 1.0 < 1.9; row 1: 0.1 -> 0.05 still max; negative tokens multiply
+    prev = torch.tensor([[0], [0]])
+    assert sample(logits, SamplingParams(repetition_penalty=2.0), prev_tokens=prev).tolist() == [1, 0]
+    logits = torch.tensor([[2.0, 1.9, 0.05], [0.1, -0.5, 0.05]])
+    prev = torch.tensor([[1, 0], [-1, 0]])  # -1 is padding and must be ignored
+    out = sample(logits, SamplingParams(repetition_penalty=100.0), prev_tokens=prev).tolist()
+    assert out == [2, 2]
+    # the (B, V) mask form gives the same
+    mask = seen_mask([[1, 0], [-1, 0]], 3)
+    assert mask.tolist() == [[True, True, False], [True, False, False]]
+    assert sample(logits, SamplingParams(repetition_penalty=100.0), prev_tokens=mask).tolist() == [2, 2]
+
+
+def test_draws_follow_the_distribution_and_seed_reproduces():
+    logits = torch.tensor([[1.0, 0.0, -1.0, 0.5, 2.0, -3.0]]).repeat(20000, 1)
+    params = SamplingParams(temperature=0.8, top_k=4, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    draws = sample(logits, params, gen)
+    freq = torch.bincount(draws, minlength=6).float() / len(draws)
+    expected = sampling_probs(logits[:1], params)[0]
+    assert expected[5] == 0 and expected[2] == 0  # top_k=4 removed the two least likely
+    assert freq[5] == 0 and freq[2] == 0
+    torch.testing.assert_close(freq, expected, atol=0.015, rtol=0)
+    again = sample(logits, params, torch.Generator().manual_seed(3))
+    assert torch.equal(draws, again)
+    other = sample(logits, params, torch.Generator().manual_seed(4))
+    assert not torch.equal(draws, other)
+
+
+def test_rows_with_different_params():
+    logits = torch.tensor([[0.0, 5.0, 4.9, 0.0]]).repeat(2000, 1)
+    rows = [SamplingParams(), SamplingParams(temperature=1.0)] * 1000
+    out = sample(logits, rows, torch.Generator().manual_seed(0))
+    assert set(out[0::2].tolist()) == {1}  # greedy rows
+    assert set(out[1::2].tolist()) >= {1, 2}  # sampled rows see both near-equal tokens
+    with pytest.raises(InputError, match="3 sampling params"):
+        sample(logits[:2], rows[:3])
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_k": -2}, "top_k"),
+     ({"max_new_tokens": -1}, "max_new_tokens"), ({"repetition_penalty": 0}, "repetition_penalty"),
+     ({"min_p": 1.5}, "min_p"), ({"stop": ("",)}, "stop")],
+)
+def test_bad_params_name_the_field(kwargs, name):
+    with pytest.raises(InputError, match=name):
+        SamplingParams(**kwargs)
+
+
+def test_params_from_generation_config():
+    p = SamplingParams.from_generation_config(
+        {"do_sample": True, "temperature": 0.1, "top_k": 1, "top_p": 0.001, "repetition_penalty": 1.05,
+         "eos_token_id": [514, 512]}
+    )
+    assert p.greedy and p.top_p == 0.001 and p.repetition_penalty == 1.05 and p.stop_token_ids == (514, 512)
+    assert SamplingParams.from_generation_config({"do_sample": False, "temperature": 0.7}).temperature == 0
+    assert p.updated(temperature=0.5, seed=None).temperature == 0.5
+    with pytest.raises(InputError, match="tempreature"):
+        p.updated(tempreature=1.0)
+
+
+def test_find_and_partial_stop():
+    assert find_stop("abc STOP def END", ["END", "STOP"]) == 4
+    assert find_stop("abc", ["x"]) is None
+    assert partial_stop_len("hello ST", ["STOP"]) == 2
+    assert partial_stop_len("hello S", ["STOP", "Sx"]) == 1
+    assert partial_stop_len("hello", ["STOP"]) == 0
+    assert partial_stop_len("STOP", ["STOP"]) == 0  # a whole stop string is found, not held
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_stop_filter_never_leaks_and_cuts_at_first_stop(seed):
+    rng = random.Random(seed)
+    stops = ["<END>", "ab", "\n\n"]
+    alphabet = ["a", "b", "<", "E", "N", "D", ">", "\n", "x", "é", " "]
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+    cut = find_stop(text, stops)
+    expected = text if cut is None else text[:cut]
+    f = StopStringFilter(stops)
+    out, i = [], 0
+    while i < len(text) and not f.stopped:
+        n = rng.randint(1, 4)
+        delta = f.push(text[i : i + n])
+        out.append(delta)
+        i += n
+        shown = "".join(out)
+        assert expected.startswith(shown)  # never more than the final text, never a piece of a stop string
+    out.append(f.flush())
+    assert "".join(out) == expected
+    assert f.stopped == (cut is not None)
