@@ -1,0 +1,337 @@
+"""Where images and videos come from: paths, bytes, data URLs and http(s) URLs; and decoding an image to RGB.
+
+Loading follows qwen-vl-utils (`fetch_image` / `to_rgb`): an RGBA image is pasted on a white background through its
+alpha channel; other modes are converted to RGB. We go a little further where qwen-vl-utils silently drops
+transparency or clips (LA / PA / P-with-transparency are composited on white like RGBA; 16-bit images are scaled to
+8 bits instead of clipped) and apply the EXIF orientation, as transformers' `load_image` does. Every failure is an
+`InputError` that names the item.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from qwen25vl.errors import InputError
+
+DEFAULT_TIMEOUT_S = 20.0
+DEFAULT_MAX_IMAGE_BYTES = 64 << 20
+DEFAULT_MAX_VIDEO_BYTES = 1 << 30
+# PIL's own hard limit (2 x Image.MAX_IMAGE_PIXELS); ours is checked first from the header, before any decoding.
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+_CHUNK = 1 << 20
+
+
+def describe(source: Any) -> str:
+    """A short, printable name of a source for error messages."""
+    if isinstance(source, (str, Path)):
+        text = str(source)
+        if text.startswith("data:"):
+            return f"data URL ({text[:30]}..., {len(text)} chars)"
+        return repr(text if len(text) <= 200 else text[:200] + "...")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, Image.Image):
+        return f"<PIL image {source.mode} {source.size[0]}x{source.size[1]}>"
+    if isinstance(source, np.ndarray):
+        return f"<array {source.dtype} {tuple(source.shape)}>"
+    return f"<{type(source).__name__}>"
+
+
+def is_url(source: Any) -> bool:
+    return isinstance(source, str) and source.startswith(("http://", "https://"))
+
+
+def fetch_url(url: str, *, what: str = "item", timeout: float = DEFAULT_TIMEOUT_S, max_bytes: int) -> bytes:
+    """Download `url` with a per-read timeout, an overall deadline of the same length and a size cap."""
+    deadline = time.monotonic() + timeout
+    name = describe(url)
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "qwen25vl"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > max_bytes:
+                raise InputError(f"{what} {name}: {int(length)} bytes is over the download cap of {max_bytes} bytes")
+            chunks, total = [], 0
+            while True:
+                # A server that trickles bytes never trips the socket timeout: bound the whole download too.
+                if time.monotonic() > deadline:
+                    raise InputError(f"{what} {name}: download took longer than {timeout:g} s")
+                chunk = response.read(_CHUNK)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > max_bytes:
+                    raise InputError(f"{what} {name}: more than the download cap of {max_bytes} bytes")
+                chunks.append(chunk)
+    except InputError:
+        raise
+    except urllib.error.HTTPError as e:
+        raise InputError(f"{what} {name}: HTTP {e.code} {e.reason}") from None
+    except (socket.timeout, TimeoutError) as e:
+        raise InputError(f"{what} {name}: timed out after {timeout:g} s ({e})") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise InputError(f"{what} {name}: cannot download ({e})") from None
+    return b"".join(chunks)
+
+
+def decode_data_url(url: str, *, what: str = "item") -> bytes:
+    """`data:[<mime>][;base64],<payload>` -> bytes (base64 payloads only: media is binary)."""
+    header, sep, payload = url.partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise InputError(f"{what} {describe(url)}: only base64 data URLs are supported ('data:<mime>;base64,...')")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InputError(f"{what} {describe(url)}: invalid base64 payload ({e})") from None
+
+
+def resolve_source(
+    source: Any, *, what: str = "item", timeout: float = DEFAULT_TIMEOUT_S, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+) -> Path | bytes | None:
+    """A path, URL, data URL or bytes -> a local `Path` or the bytes; None for in-memory objects (PIL, arrays)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise InputError(f"{what} {describe(source)}: empty (zero bytes)")
+        return data
+    if isinstance(source, str):
+        if is_url(source):
+            data = fetch_url(source, what=what, timeout=timeout, max_bytes=max_bytes)
+        elif source.startswith("data:"):
+            data = decode_data_url(source, what=what)
+        else:
+            source = Path(source[7:] if source.startswith("file://") else source)
+            data = None
+        if data is not None:
+            if not data:
+                raise InputError(f"{what} {describe(source)}: empty (zero bytes)")
+            return data
+    if isinstance(source, Path):
+        if not source.is_file():
+            raise InputError(f"{what} {describe(source)}: no such file")
+        if source.stat().st_size == 0:
+            raise InputError(f"{what} {describe(source)}: empty file (zero bytes)")
+        return source
+    return None
+
+
+def _from_array(array: np.ndarray, name: str) -> Image.Image:
+    """(H, W), (H, W, 1|3|4) or channel-first (1|3|4, H, W) arrays; uint8, uint16 or floats in [0, 1] / [0, 255]."""
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+        a = np.moveaxis(a, 0, -1)  # (C, H, W) -> (H, W, C)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))) or 0 in a.shape:
+        raise InputError(f"image {name}: expected (H, W), (H, W, 3) or (H, W, 4), got shape {tuple(array.shape)}")
+    if a.dtype == np.uint16:
+        a = (a.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise InputError(f"image {name}: contains NaN or infinity")
+        scale = 255.0 if a.max(initial=0.0) <= 1.0 else 1.0
+        a = np.clip(a * scale, 0, 255).round().astype(np.uint8)
+    elif a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        raise InputError(f"image {name}: unsupported array dtype {a.dtype}")
+    return Image.fromarray(np.ascontiguousarray(a))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparency is composited on white (qwen-vl-utils' rule for RGBA, extended)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit greyscale: PIL's convert would clip at 255 (an almost white image); scale to 8 bits instead.
+        a = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(a / 257.0, 0, 255).round().astype(np.uint8))
+    elif image.mode == "F":
+        a = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if np.nanmax(a, initial=0.0) <= 1.0 else 1.0
+        image = Image.fromarray(np.clip(np.nan_to_num(a) * scale, 0, 255).round().astype(np.uint8))
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def load_image(
+    source: Any,
+    *,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> Image.Image:
+    """A path, `file://` / http(s) / data URL, bytes, PIL image or array -> a decoded RGB PIL image (EXIF applied)."""
+    name = describe(source)
+    if isinstance(source, np.ndarray):
+        image = _from_array(source, name)
+    elif isinstance(source, Image.Image):
+        image = source
+    else:
+        resolved = resolve_source(source, what="image", timeout=timeout, max_bytes=max_bytes)
+        if resolved is None:
+            raise InputError(
+                f"image {name}: unsupported source type {type(source).__name__} "
+                "(expected a path, URL, data URL, bytes, PIL image or numpy array)"
+            )
+        image = _open(resolved, name, max_image_pixels)
+    width, height = image.size
+    if width * height > max_image_pixels:
+        raise InputError(f"image {name}: {width}x{height} = {width * height} pixels is over the cap {max_image_pixels}")
+    if width == 0 or height == 0:
+        raise InputError(f"image {name}: empty image ({width}x{height})")
+    try:
+        image = ImageOps.exif_transpose(image) or image
+        return to_rgb(image)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"image {name}: cannot decode ({e})") from None
+
+
+def _open(resolved: Path | bytes, name: str, max_image_pixels: int) -> Image.Image:
+    fp = io.BytesIO(resolved) if isinstance(resolved, bytes) else os.fspath(resolved)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(fp)
+            # Image.open reads the header only: refuse a decompression bomb before decoding a single pixel.
+            width, height = image.size
+            if width * height > max_image_pixels:
+                raise InputError(
+                    f"image {name}: {width}x{height} = {width * height} pixels is over the cap {max_image_pixels}"
+                )
+            image.load()
+    except InputError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise InputError(f"image {name}: over PIL's decompression-bomb limit ({e})") from None
+    except UnidentifiedImageError:
+        raise InputError(f"image {name}: not an image file (unrecognised format)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise InputError(f"image {name}: cannot decode, file truncated or corrupt ({e})") from None
+    return image
+
+
+class VideoReader:
+    """A PyAV container with a packet index: frame count, fps, size, and `frames(indices)` that decodes sparsely.
+
+    The index comes from one demux pass (packets are read, not decoded). Frames are numbered in presentation
+    order, like decord's and torchcodec's indices.
+    """
+
+    def __init__(self, container, name: str):
+        self.container, self.name = container, name
+        if not container.streams.video:
+            raise InputError(f"{name}: no video stream")
+        self.stream = stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        self.fps = float(rate) if rate else 0.0
+        ctx = stream.codec_context
+        self.size = (ctx.width, ctx.height)
+        pts, keys = [], []
+        try:
+            for packet in container.demux(stream):
+                if packet.size and packet.pts is not None:
+                    pts.append(packet.pts)
+                    keys.append(packet.is_keyframe)
+        except Exception as e:  # av.FFmpegError and its many subclasses
+            raise InputError(f"{name}: cannot read packets ({e})") from None
+        order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
+        self.pts = np.asarray(pts, dtype=np.int64)[order]
+        key = np.asarray(keys, dtype=bool)[order]
+        key[:1] = True  # decoding can always start at the first frame
+        # last keyframe at or before each frame: where a seek for that frame lands
+        self.key_before = np.maximum.accumulate(np.where(key, np.arange(len(key)), 0)) if len(key) else key
+        self.total_frames = len(self.pts)
+        if self.total_frames == 0:
+            raise InputError(f"{name}: the video stream has no frames")
+        if self.fps <= 0 or self.size[0] <= 0 or self.size[1] <= 0:
+            raise InputError(f"{name}: unreadable stream header (fps {self.fps}, size {self.size})")
+        # frame threads: both cores decode (the reference readers' default PyAV settings use one)
+        stream.thread_type = "AUTO"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.container.close()
+
+    def frames(self, indices: Sequence[int], seek_gap: int = 8):
+        """Yield (slots, (H, W, 3) uint8) for the sorted frame `indices`; slots = positions in `indices` (repeats
+        share one decode). Seeks to a keyframe when more than `seek_gap` unwanted frames precede it."""
+        wanted: dict[int, list[int]] = {}
+        for slot, idx in enumerate(indices):
+            wanted.setdefault(int(idx), []).append(slot)
+        targets = sorted(wanted)
+        index_of = {int(p): i for i, p in enumerate(self.pts)}
+        pos, ti = -1, 0  # pos: index of the last decoded frame; ti: the next target
+        while ti < len(targets):
+            sought = int(self.key_before[targets[ti]])
+            self._seek(sought)
+            for frame in self._decode():
+                pos = index_of.get(frame.pts, pos + 1) if frame.pts is not None else pos + 1
+                if targets[ti] <= pos:
+                    # converted to RGB only here; a frame missing from the stream takes the next one's place
+                    image = frame.to_ndarray(format="rgb24")
+                    slots = []
+                    while ti < len(targets) and targets[ti] <= pos:
+                        slots += wanted[targets[ti]]
+                        ti += 1
+                    yield slots, image
+                    if ti == len(targets):
+                        return
+                ahead = int(self.key_before[targets[ti]])
+                if ahead > pos + seek_gap and ahead > sought:
+                    break  # a keyframe well ahead precedes the next wanted frame: seek there instead
+            else:
+                if ti < len(targets):
+                    raise InputError(f"{self.name}: decoding ended before frame {targets[ti]} of {self.total_frames}")
+
+    def _seek(self, key: int):
+        try:
+            self.container.seek(int(self.pts[key]), stream=self.stream, backward=True, any_frame=False)
+        except Exception as e:
+            raise InputError(f"{self.name}: cannot seek to frame {key} ({e})") from None
+
+    def _decode(self):
+        try:
+            for packet in self.container.demux(self.stream):
+                yield from packet.decode()
+        except Exception as e:  # av.FFmpegError: a corrupt packet or an unsupported codec
+            raise InputError(f"{self.name}: cannot decode ({e})") from None
+
+
+def open_video(resolved: Path | bytes, name: str) -> VideoReader:
+    """Open a local path or in-memory bytes with PyAV (the `video` extra) and index it."""
+    try:
+        import av
+    except ImportError:
+        raise InputError(f"{name}: decoding video needs PyAV (pip install 'qwen25vl[video]')") from None
+    try:
+        container = av.open(io.BytesIO(resolved) if isinstance(resolved, bytes) else os.fspath(resolved))
+    except Exception as e:  # av.FFmpegError (InvalidDataError & co.), OSError
+        raise InputError(f"{name}: not a readable video ({e})") from None
+    try:
+        return VideoReader(container, name)
+    except BaseException:
+        container.close()
+        raise

@@ -1,0 +1,242 @@
+"""Videos -> vision-tower input, with qwen-vl-utils' sampling rules and a decoder that only pays for what it keeps.
+
+Sampling (qwen-vl-utils `smart_nframes` / `calculate_video_frame_range`, decord/torchcodec readers): n frames =
+duration x fps, clamped to [min_frames, max_frames] and to the frame count, floored to the temporal patch (2); frame
+indices = linspace(start, end, n) rounded (in float32, as torch.linspace computes them); sampled fps =
+n / frames in range x video fps; second_per_grid_t = 2 / sampled fps. Frames: one smart_resize for all, with a per
+frame cap max(min(768*28*28, total_pixels / n * 2), 1.05 * min_pixels); resized as torchvision does it for
+qwen-vl-utils (bicubic with antialias on the float frames, clamped and rounded back to uint8), then rescaled and
+normalised like images.
+
+Decoding (PyAV) streams: one demux pass indexes the packets (frame count and keyframes, no decoding); then the
+decoder seeks to a keyframe whenever a whole stretch of unwanted frames can be skipped, converts to RGB only the
+frames it keeps, and resizes them as they come, so memory holds the sampled frames at their resized size.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from qwen25vl.errors import InputError
+from qwen25vl.processing.image import (
+    DEFAULT_CONFIG,
+    ImageProcessorConfig,
+    ResizeInfo,
+    patchify_normalize,
+    smart_resize,
+)
+from qwen25vl.processing.media import (
+    DEFAULT_MAX_VIDEO_BYTES,
+    DEFAULT_TIMEOUT_S,
+    describe,
+    load_image,
+    open_video,
+    resolve_source,
+)
+
+FPS = 2.0
+FPS_MIN_FRAMES = 4
+FPS_MAX_FRAMES = 768
+FRAME_FACTOR = 2
+VIDEO_MIN_PIXELS = 128 * 28 * 28
+VIDEO_MAX_PIXELS = 768 * 28 * 28
+VIDEO_TOTAL_PIXELS = int(128000 * 28 * 28 * 0.9)  # qwen-vl-utils reads it from the (misnamed) VIDEO_MAX_PIXELS env var
+_RESIZE_CHUNK = 8  # frames resized together: bounds the full-size float copies held at once
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ProcessedVideo:
+    pixel_values: torch.Tensor  # (grid_t * grid_h * grid_w, 1176) float32, merge-aware row order
+    grid_thw: tuple[int, int, int]
+    second_per_grid_t: float
+    timestamps: list[float]  # seconds (in the source video) of the first frame of each frame group
+    sampled_fps: float
+    frame_indices: list[int]
+    resize: ResizeInfo
+    video_fps: float = 0.0
+    total_frames: int = 0
+    merge_size: int = 2
+
+    @property
+    def num_tokens(self) -> int:
+        t, h, w = self.grid_thw
+        return t * h * w // (self.merge_size * self.merge_size)
+
+
+def _ceil_by(x: float, k: int) -> int:
+    return math.ceil(x / k) * k
+
+
+def _floor_by(x: float, k: int) -> int:
+    return math.floor(x / k) * k
+
+
+def smart_nframes(total_frames: int, video_fps: float, *, fps: float = FPS, min_frames: int = FPS_MIN_FRAMES,
+                  max_frames: int = FPS_MAX_FRAMES, name: str = "video") -> int:
+    """How many frames to sample from `total_frames` at `video_fps` (qwen-vl-utils' formula)."""
+    if fps <= 0 or video_fps <= 0:
+        raise InputError(f"{name}: fps must be positive, got sampling fps {fps} and video fps {video_fps}")
+    lo = _ceil_by(min_frames, FRAME_FACTOR)
+    hi = _floor_by(min(max_frames, total_frames), FRAME_FACTOR)
+    n = total_frames / video_fps * fps
+    n = _floor_by(min(min(max(n, lo), hi), total_frames), FRAME_FACTOR)
+    if not FRAME_FACTOR <= n <= total_frames:
+        raise InputError(f"{name}: {total_frames} frame(s) in range; need at least {FRAME_FACTOR} to sample, got {n}")
+    return n
+
+
+def frame_range(total_frames: int, video_fps: float, start: float | None, end: float | None, name: str = "video"):
+    """(first, last, count) frame of the [start, end] seconds window (qwen-vl-utils' rounding: ceil, floor)."""
+    if total_frames <= 0:
+        raise InputError(f"{name}: no frames")
+    if start is None and end is None:
+        return 0, total_frames - 1, total_frames
+    duration = total_frames / video_fps
+    first = math.ceil(max(0.0, min(start, duration)) * video_fps) if start is not None else 0
+    last = min(math.floor(max(0.0, min(end, duration)) * video_fps), total_frames - 1) if end is not None else total_frames - 1
+    if first >= last:
+        raise InputError(f"{name}: empty time range start={start} end={end} (frames {first}..{last} of {total_frames} at {video_fps:g} fps)")
+    return first, last, last - first + 1
+
+
+def sample_frames(total_frames: int, video_fps: float, *, fps: float = FPS, min_frames: int = FPS_MIN_FRAMES,
+                  max_frames: int = FPS_MAX_FRAMES, start: float | None = None, end: float | None = None,
+                  name: str = "video") -> tuple[list[int], float]:
+    """Frame indices to decode and the sampled fps, from the frame count alone (no decoding)."""
+    first, last, count = frame_range(total_frames, video_fps, start, end, name)
+    n = smart_nframes(count, video_fps, fps=fps, min_frames=min_frames, max_frames=max_frames, name=name)
+    # torch.linspace in float32 is what the reference rounds; float64 rounds differently on long videos
+    indices = torch.linspace(first, last, n).round().long().tolist()
+    return indices, n / max(count, 1e-6) * video_fps
+
+
+def frame_pixel_limits(nframes: int, min_pixels: int | None, max_pixels: int | None, total_pixels: int | None):
+    """(min, max) pixels per frame: the total budget spread over frame pairs; a user max may only lower it."""
+    lo = VIDEO_MIN_PIXELS if min_pixels is None else int(min_pixels)
+    total = VIDEO_TOTAL_PIXELS if total_pixels is None else int(total_pixels)
+    hi = max(min(VIDEO_MAX_PIXELS, total / nframes * FRAME_FACTOR), int(lo * 1.05))
+    if max_pixels is not None:
+        hi = min(hi, max_pixels)
+    return lo, hi
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, height, width, 3) uint8 as torchvision's tensor resize (bicubic, antialias)."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (T, H, W, C) -> (T, C, H, W) view, channels-last
+    y = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+    # torchvision clamps bicubic output of uint8 input, then rounds back to uint8
+    y = y.clamp_(0, 255).round_().to(torch.uint8)
+    return np.ascontiguousarray(y.permute(0, 2, 3, 1).numpy())  # -> (T, h, w, C)
+
+
+def _finish(frames: np.ndarray, indices: list[int], sampled_fps: float, video_fps: float, total: int,
+            original: tuple[int, int], config: ImageProcessorConfig) -> ProcessedVideo:
+    n, rh, rw, _ = frames.shape
+    pixels = patchify_normalize(frames, config)
+    tp = config.temporal_patch_size
+    grid = (math.ceil(n / tp), rh // config.patch_size, rw // config.patch_size)
+    spgt = tp / sampled_fps
+    stamps = [indices[g * tp] / video_fps for g in range(grid[0])]
+    return ProcessedVideo(torch.from_numpy(pixels), grid, spgt, stamps, sampled_fps, list(indices),
+                          ResizeInfo(original, (rw, rh)), video_fps, total, config.merge_size)
+
+
+def process_video(
+    source: Any,
+    *,
+    fps: float = FPS,
+    min_frames: int = FPS_MIN_FRAMES,
+    max_frames: int = FPS_MAX_FRAMES,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    total_pixels: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    progress: Progress | None = None,
+    config: ImageProcessorConfig | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    max_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
+) -> ProcessedVideo:
+    """A video file / bytes / URL, or a list of frames (paths, images, arrays) at `fps` -> ProcessedVideo."""
+    config = config or DEFAULT_CONFIG
+    if isinstance(source, (list, tuple)):
+        return _process_frame_list(source, fps, min_pixels, max_pixels, total_pixels, progress, config, timeout)
+    name = f"video {describe(source)}"
+    for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels), ("total_pixels", total_pixels)):
+        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            raise InputError(f"{name}: {key} must be positive, got {value!r}")
+    resolved = resolve_source(source, what="video", timeout=timeout, max_bytes=max_bytes)
+    if resolved is None:
+        raise InputError(f"{name}: unsupported source type {type(source).__name__} "
+                         "(expected a path, URL, data URL, bytes or a list of frames)")
+    with open_video(resolved, name) as video:
+        indices, sampled_fps = sample_frames(video.total_frames, video.fps, fps=fps, min_frames=min_frames,
+                                             max_frames=max_frames, start=start, end=end, name=name)
+        lo, hi = frame_pixel_limits(len(indices), min_pixels, max_pixels, total_pixels)
+        width, height = video.size
+        rh, rw = smart_resize(height, width, config.factor, lo, hi)
+        out = np.empty((len(indices), rh, rw, 3), dtype=np.uint8)
+        pending: list[tuple[list[int], np.ndarray]] = []
+        done = 0
+
+        def flush():
+            nonlocal pending
+            if pending:
+                batch = resize_frames(np.stack([f for _, f in pending]), rh, rw)
+                for (slots, _), frame in zip(pending, batch):
+                    out[slots] = frame
+                pending = []
+
+        for slots, frame in video.frames(indices):
+            if frame.shape[:2] != (height, width):
+                frame = resize_frames(frame[None], height, width)[0]  # a mid-stream size change: follow the first
+            pending.append((slots, frame))
+            done += len(slots)
+            if len(pending) >= _RESIZE_CHUNK:
+                flush()
+            if progress is not None:
+                progress(done, len(indices))
+        flush()
+        return _finish(out, indices, sampled_fps, video.fps, video.total_frames, (width, height), config)
+
+
+def _process_frame_list(frames: Sequence[Any], fps, min_pixels, max_pixels, total_pixels, progress, config, timeout):
+    """A video given as frames: all are used (padded to even), resized with PIL bicubic as qwen-vl-utils' fetch_image.
+
+    Unlike qwen-vl-utils (which applies the image limits to each frame), the video limits apply, so a long list of
+    frames costs what the same video would.
+    """
+    if not frames:
+        raise InputError("video (list of frames): empty list")
+    if fps is None or fps <= 0:
+        raise InputError(f"video (list of {len(frames)} frames): fps must be positive, got {fps!r}")
+    images = []
+    for i, src in enumerate(frames):
+        try:
+            images.append(load_image(src, timeout=timeout))
+        except InputError as e:
+            raise InputError(f"video frame {i}: {e}") from None
+        if images[-1].size != images[0].size:
+            raise InputError(f"video frame {i} {describe(src)}: size {images[-1].size} differs from frame 0's {images[0].size}")
+        if progress is not None:
+            progress(i + 1, len(frames))
+    n = _ceil_by(len(images), FRAME_FACTOR)
+    lo, hi = frame_pixel_limits(n, min_pixels, max_pixels, total_pixels)
+    width, height = images[0].size
+    rh, rw = smart_resize(height, width, config.factor, lo, hi)
+    out = np.stack([np.asarray(im.resize((rw, rh), Image.Resampling.BICUBIC)) for im in images])
+    indices = list(range(len(images)))
+    return _finish(out, indices, float(fps), float(fps), len(images), (width, height), config)
