@@ -1,0 +1,161 @@
+"""A key/value cache allocated once per request, with per-row write offsets (rows may sit at different lengths).
+
+Slots are used left to right; each row writes at its own `lengths[b]`. Padding (left padding of a batched prompt, or
+the gap after joining caches of different lengths) stays in the cache as slots whose `key_valid` is False, so the
+mask, not the layout, keeps it out of attention. M-RoPE needs one number per row to keep positioning text after a
+prompt with images, `rope_deltas` (max position + 1 - valid tokens); it lives here, not on the model.
+
+One forward with T new tokens per row: the model (optionally) calls `stage(valid)`, then each layer calls
+`update(layer, k, v)`, then the model calls `advance(T, valid)` once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qwen25vl.errors import InputError
+
+
+class KVCache:
+    def __init__(self, num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        if min(num_layers, batch, max_len, num_kv_heads, head_dim) <= 0:
+            raise InputError(f"KVCache sizes must be positive, got layers {num_layers}, batch {batch}, "
+                             f"max_len {max_len}, kv heads {num_kv_heads}, head_dim {head_dim}")
+        shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.key_valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.rope_deltas = torch.zeros(batch, dtype=torch.long, device=device)
+        self._pending: torch.Tensor | None = None  # (B, T) validity of the tokens being written
+        self._step: tuple | None = None  # (T, slot index, mask) shared by every layer of one forward
+
+    @classmethod
+    def for_model(cls, model, batch: int, max_len: int) -> KVCache:
+        cfg = model.config.text
+        weight = model.model.embed_tokens.weight
+        return cls(cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim,
+                   weight.dtype, weight.device)
+
+    # --- sizes --------------------------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.k.shape[0]
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def is_empty(self) -> bool:
+        return not bool(self.lengths.any())
+
+    def num_valid(self) -> torch.Tensor:
+        """(B,) long: real (non-padding) tokens seen per row."""
+        return self.key_valid.sum(-1)
+
+    # --- one forward --------------------------------------------------------------------------------------------
+    def stage(self, valid: torch.Tensor | None) -> None:
+        """Declare which of the next T tokens per row are real (False = padding) before the layers run."""
+        self._pending = None if valid is None else valid.to(self.key_valid.device).bool()
+        self._step = None
+
+    def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor):
+        """Write (B, Hkv, T, D) at each row's offset; return k, v (B, Hkv, S, D) and mask (B, 1, T, S) bool.
+
+        S = max(lengths) + T. mask[b, 0, i, s]: slot s holds a real token at or before new token i, or s is token i's
+        own slot (so a padding query still attends to something and never produces NaN).
+        """
+        batch, _, steps, _ = k_new.shape
+        if batch != self.batch:
+            raise InputError(f"cache holds {self.batch} rows but the forward has {batch}")
+        if self._step is None or self._step[0] != steps:
+            self._step = self._plan(steps)
+        _, slots, mask, span = self._step
+        if slots is None:  # every row at the same offset: a slice write
+            start = int(self.lengths[0])
+            self.k[layer, :, :, start : start + steps] = k_new
+            self.v[layer, :, :, start : start + steps] = v_new
+        else:
+            rows = torch.arange(batch, device=slots.device)[:, None]
+            # (B, Hkv, max_len, D) viewed as (B, max_len, Hkv, D) so (row, slot) pairs index one token each
+            self.k[layer].transpose(1, 2)[rows, slots] = k_new.transpose(1, 2)
+            self.v[layer].transpose(1, 2)[rows, slots] = v_new.transpose(1, 2)
+        return self.k[layer, :, :, :span], self.v[layer, :, :, :span], mask
+
+    def _plan(self, steps: int):
+        top = int(self.lengths.max())
+        if top + steps > self.max_len:
+            raise InputError(f"KV cache overflow: {top} slots used + {steps} new tokens > max_len {self.max_len}")
+        span = top + steps
+        device = self.key_valid.device
+        offsets = self.lengths[:, None] + torch.arange(steps, device=device)  # (B, T) slot of each new token
+        same = bool((self.lengths == self.lengths[0]).all())
+        valid_new = (torch.ones(self.batch, steps, dtype=torch.bool, device=device) if self._pending is None
+                     else self._pending)
+        if valid_new.shape != (self.batch, steps):
+            raise InputError(f"staged validity has shape {tuple(valid_new.shape)}, expected {(self.batch, steps)}")
+        key_valid = self.key_valid[:, :span].clone()
+        key_valid.scatter_(1, offsets, valid_new)
+        slot = torch.arange(span, device=device)
+        mask = key_valid[:, None, :] & (slot[None, None, :] <= offsets[:, :, None])  # (B, T, S)
+        mask |= slot[None, None, :] == offsets[:, :, None]
+        return steps, (None if same else offsets), mask[:, None], span
+
+    def advance(self, steps: int, valid: torch.Tensor | None = None) -> None:
+        """After the layers: mark the T written slots (valid, default all) and move every row's offset by T."""
+        if valid is None:
+            valid = self._pending
+        if valid is None:
+            valid = torch.ones(self.batch, steps, dtype=torch.bool, device=self.key_valid.device)
+        offsets = self.lengths[:, None] + torch.arange(steps, device=self.lengths.device)
+        if int(offsets.max(initial=0)) >= self.max_len and steps:
+            raise InputError(f"KV cache overflow: advancing {steps} slots past max_len {self.max_len}")
+        self.key_valid.scatter_(1, offsets, valid.to(self.key_valid.device).bool())
+        self.lengths += steps
+        self._pending = None
+        self._step = None
+
+    # --- rows ---------------------------------------------------------------------------------------------------
+    def select(self, rows) -> KVCache:
+        """A cache with only these rows (a list / tensor of indices, or a (B,) bool tensor)."""
+        idx = torch.as_tensor(rows, device=self.lengths.device)
+        if idx.dtype == torch.bool:
+            idx = torch.nonzero(idx).flatten()
+        idx = idx.long()
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.batch):
+            raise InputError(f"select rows {idx.tolist()} outside batch {self.batch}")
+        if idx.numel() == 0:
+            raise InputError("select needs at least one row")
+        out = self._empty_like(idx.numel(), self.max_len)
+        used = int(self.lengths[idx].max())  # slots beyond every kept row's length hold nothing worth copying
+        out.k[:, :, :, :used] = self.k[:, idx, :, :used]
+        out.v[:, :, :, :used] = self.v[:, idx, :, :used]
+        out.lengths.copy_(self.lengths[idx])
+        out.key_valid.copy_(self.key_valid[idx])
+        out.rope_deltas.copy_(self.rope_deltas[idx])
+        return out
+
+    def concat(self, other: KVCache) -> KVCache:
+        """Rows of self then rows of other, in one cache of max_len = the larger of the two."""
+        if (self.num_layers, self.k.shape[2], self.k.shape[4], self.k.dtype) != (
+                other.num_layers, other.k.shape[2], other.k.shape[4], other.k.dtype):
+            raise InputError("concat needs caches of equal layers, kv heads, head dim and dtype, got "
+                             f"{tuple(self.k.shape)} {self.k.dtype} and {tuple(other.k.shape)} {other.k.dtype}")
+        out = self._empty_like(self.batch + other.batch, max(self.max_len, other.max_len))
+        for part, rows in ((self, slice(0, self.batch)), (other, slice(self.batch, None))):
+            used = int(part.lengths.max())
+            out.k[:, rows, :, :used] = part.k[:, :, :, :used]
+            out.v[:, rows, :, :used] = part.v[:, :, :, :used]
+            out.lengths[rows] = part.lengths
+            out.key_valid[rows, : part.max_len] = part.key_valid
+            out.rope_deltas[rows] = part.rope_deltas
+        return out
+
+    def _empty_like(self, batch: int, max_len: int) -> KVCache:
+        return KVCache(self.num_layers, batch, max_len, self.k.shape[2], self.k.shape[4], self.k.dtype,
+                       self.k.device)
