@@ -148,16 +148,21 @@ def completion(state: State) -> str:
 def token_byte_table(tokenizer, vocab_size: int) -> list[Optional[bytes]]:
     """The bytes each token id adds to the text; None for special tokens and ids the tokenizer does not know.
 
-    A token holding part of a UTF-8 character decodes to U+FFFD; its encoding is made of bytes >= 0x80 as the true
-    bytes are, which is all the validator distinguishes (such bytes are only valid inside strings).
+    Uses the tokenizer's exact per-token bytes when it offers them. Otherwise a token holding part of a UTF-8
+    character decodes to U+FFFD, whose encoding is made of bytes >= 0x80 as the true bytes are, which is all the
+    validator distinguishes (such bytes are only valid inside strings).
     """
+    exact = hasattr(tokenizer, "token_bytes") and hasattr(tokenizer, "is_skipped_special")
+    known = getattr(tokenizer, "vocab_size", vocab_size)
     table: list[Optional[bytes]] = []
     for token_id in range(vocab_size):
-        try:
+        if token_id >= known:  # padded embedding rows past the tokenizer's vocabulary
+            table.append(None)
+        elif exact:
+            table.append(None if tokenizer.is_skipped_special(token_id) else (tokenizer.token_bytes(token_id) or None))
+        else:
             text = tokenizer.decode([token_id], skip_special_tokens=True)
-        except Exception:  # ids past the tokenizer's vocabulary (padded embedding rows)
-            text = ""
-        table.append(text.encode("utf-8") if text else None)
+            table.append(text.encode("utf-8") if text else None)
     return table
 
 

@@ -1,0 +1,255 @@
+"""The FastAPI application: /v1/chat/completions (plain and SSE), /v1/models, /health.
+
+A handler validates the request, loads its media and runs the processor in a worker thread (blocking work never runs
+on the event loop), checks the limits, then hands a `GenRequest` to the scheduler and relays the scheduler's events:
+as one JSON response, or as server-sent events. Every error leaves in OpenAI's shape
+({"error": {"message", "type", "param", "code"}}), which the official client turns into its typed exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from qwen25vl.errors import Qwen25VLError
+from qwen25vl.generation.sampling import SamplingParams
+from qwen25vl.serve import schemas as S
+from qwen25vl.serve.fetch import MediaFetcher
+from qwen25vl.serve.messages import LimitError, check_processed, to_processor_messages
+from qwen25vl.serve.rows import Event, GenRequest
+from qwen25vl.serve.scheduler import QueueFull, Scheduler
+from qwen25vl.serve.settings import ServeSettings
+
+log = logging.getLogger("qwen25vl.serve")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: Optional[str] = None, code: Optional[str] = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+
+def _error(status: int, message: str, type_: str, param=None, code=None) -> JSONResponse:
+    return JSONResponse(S.error_body(message, type_, param, code), status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_req, err: ApiError):
+        return _error(err.status, err.message, err.type, err.param, err.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req, err: RequestValidationError):
+        problems = [f"{'.'.join(str(x) for x in e['loc'][1:]) or 'body'}: {e['msg']}" for e in err.errors()[:5]]
+        first = err.errors()[0]["loc"] if err.errors() else ()
+        param = ".".join(str(x) for x in first[1:]) or None
+        return _error(400, "invalid request: " + "; ".join(problems), "invalid_request_error", param)
+
+    @app.exception_handler(Qwen25VLError)
+    async def _user(_req, err: Qwen25VLError):
+        code = "limit_exceeded" if isinstance(err, LimitError) else None
+        return _error(400, str(err), "invalid_request_error", None, code)
+
+    @app.exception_handler(Exception)
+    async def _bug(_req, err: Exception):
+        log.exception("unhandled error")
+        return _error(500, f"internal error: {type(err).__name__}", "server_error")
+
+
+def sampling_params(req: S.ChatCompletionRequest, defaults: SamplingParams, settings: ServeSettings) -> SamplingParams:
+    limits = settings.limits
+    max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
+    if max_tokens > limits.max_tokens:
+        raise ApiError(400, f"max_tokens={max_tokens} is over the server limit max_tokens={limits.max_tokens}",
+                       param="max_tokens", code="limit_exceeded")
+    if req.n > limits.max_n:
+        raise ApiError(400, f"n={req.n} is over the server limit max_n={limits.max_n}", param="n",
+                       code="limit_exceeded")
+    stops = req.stop_list()
+    if len(stops) > 4 or any(not s for s in stops):
+        raise ApiError(400, f"stop={stops!r}: at most 4 non-empty strings", param="stop")
+    return defaults.updated(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                            top_k=req.top_k, repetition_penalty=req.repetition_penalty, seed=req.seed, stop=tuple(stops))
+
+
+def _sse(payload: Any) -> str:
+    body = payload if isinstance(payload, str) else payload.model_dump_json(exclude_none=True)
+    return f"data: {body}\n\n"
+
+
+def create_app(vlm, settings: ServeSettings = ServeSettings(), *, defaults: Optional[SamplingParams] = None) -> FastAPI:
+    """vlm: anything with `.model` and `.processor` (the processor's `.tokenizer` decodes), e.g. `qwen25vl.load()`."""
+    processor = vlm.processor
+    tokenizer = getattr(vlm, "tokenizer", None) or processor.tokenizer
+    defaults = defaults or getattr(vlm, "defaults", None) or SamplingParams(temperature=1.0)
+    scheduler = Scheduler(vlm.model, tokenizer, max_batch=settings.max_batch, max_queue=settings.max_queue,
+                          prefill_tokens_per_step=settings.prefill_tokens_per_step,
+                          vision_cache_bytes=settings.vision_cache_bytes)
+    fetcher = MediaFetcher(settings.fetch_policy())
+    config = vlm.model.config
+    image_pad, video_pad = config.image_token_id, config.video_token_id
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.stop()
+
+    app = FastAPI(title="qwen25vl", lifespan=lifespan)
+    app.state.scheduler = scheduler
+    app.state.settings = settings
+    _install_error_handlers(app)
+
+    def authorize(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
+            raise ApiError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
+                           code="invalid_api_key")
+
+    @app.get("/health")
+    async def health():
+        ok = scheduler.alive
+        body = {"status": "ok" if ok else "worker stopped", "running_rows": scheduler.running_rows,
+                "waiting": scheduler.waiting}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models():
+        return S.ModelList(data=[S.ModelCard(id=settings.model_name)])
+
+    def prepare(req: S.ChatCompletionRequest) -> dict:
+        """Blocking: fetch, decode, process. Runs in the threadpool."""
+        messages = to_processor_messages(req.messages, fetcher, settings.limits)
+        inputs = processor(messages, add_generation_prompt=True)
+        inputs = {k: v for k, v in dict(inputs).items() if v is not None}
+        check_processed(inputs, settings.limits, config.vision.patch_size)
+        return inputs
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    async def chat_completions(req: S.ChatCompletionRequest, http: Request):
+        if req.model != settings.model_name:
+            raise ApiError(404, f"model {req.model!r} does not exist; this server serves {settings.model_name!r}",
+                           param="model", code="model_not_found")
+        params = sampling_params(req, defaults, settings)
+        inputs = await run_in_threadpool(prepare, req)
+        json_mode = req.response_format is not None and req.response_format.type == "json_object"
+        gen = GenRequest(inputs=inputs, params=params, n=req.n, json_mode=json_mode,
+                         timeout=settings.request_timeout, loop=asyncio.get_running_loop(), queue=asyncio.Queue())
+        try:
+            scheduler.submit(gen)
+        except QueueFull as err:
+            raise ApiError(429, str(err), "rate_limit_exceeded", code="queue_full") from None
+        ids = inputs["input_ids"][0]
+        usage = {"prompt_tokens": int(ids.numel()), "prompt_tokens_details": {
+            "image_tokens": int((ids == image_pad).sum()), "video_tokens": int((ids == video_pad).sum())}}
+        events = _relay(gen, http, scheduler)
+        first = await anext(events, None)
+        if first is None:  # the client left before anything happened
+            return JSONResponse({}, status_code=499)
+        if first.kind == "error":
+            return _error(first.status, first.text, first.reason or "server_error")
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            body = _stream(first, events, req, usage, include_usage)
+            return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return await _collect(first, events, req, usage)
+
+    return app
+
+
+async def _relay(gen: GenRequest, http: Request, scheduler: Scheduler) -> AsyncIterator[Event]:
+    """The scheduler's events for one request; a client that goes away cancels its rows."""
+    finished = False
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(gen.queue.get(), timeout=0.25)
+            except asyncio.TimeoutError:
+                if await http.is_disconnected():
+                    return
+                continue
+            if event.kind in ("end", "error"):
+                finished = True
+            yield event
+            if finished:
+                return
+    finally:
+        if not finished:
+            scheduler.cancel(gen)
+
+
+def _usage(usage: dict, completion_tokens: int) -> S.Usage:
+    return S.Usage(prompt_tokens=usage["prompt_tokens"], completion_tokens=completion_tokens,
+                   total_tokens=usage["prompt_tokens"] + completion_tokens,
+                   prompt_tokens_details=usage["prompt_tokens_details"])
+
+
+async def _collect(first: Event, events: AsyncIterator[Event], req: S.ChatCompletionRequest, usage: dict):
+    texts = {i: [] for i in range(req.n)}
+    reasons: dict[int, Optional[str]] = {i: None for i in range(req.n)}
+    event: Optional[Event] = first
+    completion_tokens = 0
+    while event is not None:
+        if event.kind == "error":
+            return _error(event.status, event.text, event.reason or "server_error")
+        if event.kind == "delta":
+            texts[event.index].append(event.text)
+        elif event.kind == "finish":
+            reasons[event.index] = event.reason
+        elif event.kind == "end":
+            completion_tokens = event.usage["completion_tokens"]
+            break
+        event = await anext(events, None)
+    else:
+        return JSONResponse({}, status_code=499)  # client gone
+    choices = [S.Choice(index=i, message=S.AssistantMessage(content="".join(texts[i])), finish_reason=reasons[i])
+               for i in range(req.n)]
+    body = S.ChatCompletion(id=S.completion_id(), model=req.model, choices=choices,
+                            usage=_usage(usage, completion_tokens))
+    return JSONResponse(body.model_dump(exclude_none=True))
+
+
+async def _stream(first: Event, events: AsyncIterator[Event], req: S.ChatCompletionRequest, usage: dict,
+                  include_usage: bool) -> AsyncIterator[str]:
+    cid = S.completion_id()
+
+    def chunk(index: int, delta: S.Delta, finish: Optional[str] = None) -> str:
+        choice = S.ChunkChoice(index=index, delta=delta, finish_reason=finish)
+        return _sse(S.ChatCompletionChunk(id=cid, model=req.model, choices=[choice]))
+
+    for i in range(req.n):
+        yield chunk(i, S.Delta(role="assistant", content=""))
+    event: Optional[Event] = first
+    try:
+        while event is not None:
+            if event.kind == "error":
+                yield _sse(json.dumps(S.error_body(event.text, event.reason or "server_error")))
+                return
+            if event.kind == "delta":
+                yield chunk(event.index, S.Delta(content=event.text))
+            elif event.kind == "finish":
+                yield chunk(event.index, S.Delta(), event.reason)
+            elif event.kind == "end":
+                if include_usage:
+                    tail = S.ChatCompletionChunk(id=cid, model=req.model, choices=[],
+                                                 usage=_usage(usage, event.usage["completion_tokens"]))
+                    yield _sse(tail)
+                yield _sse("[DONE]")
+                return
+            event = await anext(events, None)
+    finally:
+        await events.aclose()  # runs _relay's cleanup: an abandoned stream cancels its rows

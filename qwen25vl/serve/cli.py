@@ -1,0 +1,79 @@
+"""`qwen25vl serve`: the OpenAI-compatible server from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from qwen25vl.errors import ConfigError
+from qwen25vl.serve.settings import Limits, ServeSettings
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", help="checkpoint folder (default: the embedded tiny model, when shipped)")
+    p.add_argument("--served-model-name", help="the name clients pass as `model` (default: the folder's name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("QWEN25VL_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $QWEN25VL_API_KEY, else no key)")
+    p.add_argument("--allow-private-urls", action="store_true",
+                   help="let requests fetch from private, loopback and link-local addresses (trusted networks only)")
+    p.add_argument("--local-root", action="append", default=[], metavar="DIR",
+                   help="a folder whose files requests may name by path (repeatable; default: none)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--dtype", help="float32, bfloat16, float16 (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    d, lim = ServeSettings(), Limits()
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="sequences decoded together")
+    p.add_argument("--max-queue", type=int, default=d.max_queue, help="waiting requests before answering 429")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout, help="seconds per request")
+    p.add_argument("--max-image-pixels", type=int, default=lim.max_image_pixels, help="per image after resizing")
+    p.add_argument("--max-request-pixels", type=int, default=lim.max_request_pixels,
+                   help="all images and frames of a request after resizing")
+    p.add_argument("--max-frames", type=int, default=lim.max_frames, help="frames per video")
+    p.add_argument("--max-prompt-tokens", type=int, default=lim.max_prompt_tokens, help="vision tokens included")
+    p.add_argument("--max-tokens", type=int, default=lim.max_tokens, help="the most max_tokens a request may ask")
+    p.add_argument("--max-fetch-bytes", type=int, default=d.max_fetch_bytes, help="per fetched image or video")
+    p.add_argument("--fetch-timeout", type=float, default=d.fetch_timeout, help="seconds per fetch")
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args, model_name: str) -> ServeSettings:
+    for name in ("max_batch", "max_queue", "max_image_pixels", "max_request_pixels", "max_frames",
+                 "max_prompt_tokens", "max_tokens", "max_fetch_bytes"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    roots = []
+    for root in args.local_root:
+        if not Path(root).is_dir():
+            raise ConfigError(f"--local-root {root!r} is not a folder")
+        roots.append(Path(root).resolve())
+    limits = Limits(max_image_pixels=args.max_image_pixels, max_request_pixels=args.max_request_pixels,
+                    max_frames=args.max_frames, max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens)
+    return ServeSettings(model_name=model_name, api_key=args.api_key or None,
+                         allow_private_urls=args.allow_private_urls, local_roots=tuple(roots),
+                         max_fetch_bytes=args.max_fetch_bytes, fetch_timeout=args.fetch_timeout,
+                         max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout,
+                         limits=limits)
+
+
+def run(args) -> int:
+    import torch
+    import uvicorn
+
+    import qwen25vl
+    from qwen25vl.api import model_path
+    from qwen25vl.serve.app import create_app
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    folder = model_path(args.model)
+    settings = settings_from_args(args, args.served_model_name or folder.name)
+    vlm = qwen25vl.load(folder, device=args.device, dtype=args.dtype)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it may use it")
+    app = create_app(vlm, settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

@@ -1,0 +1,137 @@
+"""OpenAI chat messages -> the processor's messages, with every media source loaded safely and every limit applied.
+
+The processor itself can fetch URLs, but without the server's address checks, so it never sees a URL from a request:
+images arrive as decoded PIL images (a broken image is a 400 here, naming the message and part), videos as bytes or
+a checked local path, frame lists as PIL images. Per-item pixel and frame options are checked against the server's
+limits and passed on; where a client omits `max_pixels`, the server's limit becomes the item's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+
+from qwen25vl.errors import InputError
+from qwen25vl.processing.media import load_image
+from qwen25vl.serve.fetch import MediaFetcher
+from qwen25vl.serve.schemas import (
+    ChatMessage, ImagePart, ImageURL, ImageURLPart, TextPart, VideoPart, VideoURL, VideoURLPart, VisionOptions,
+)
+from qwen25vl.serve.settings import Limits
+
+_OPTION_NAMES = tuple(VisionOptions.model_fields)
+
+
+class LimitError(InputError):
+    """A request over one of the server's limits (a 400 that names the limit)."""
+
+
+def _options(*holders: Any) -> dict[str, Any]:
+    """Vision options set on the part or on its url object (the url object's win)."""
+    found: dict[str, Any] = {}
+    for holder in holders:
+        if isinstance(holder, VisionOptions):
+            found.update({k: v for k in _OPTION_NAMES if (v := getattr(holder, k)) is not None})
+    return found
+
+
+def _check_pixels(options: dict[str, Any], limits: Limits, what: str) -> dict[str, Any]:
+    for name in ("min_pixels", "max_pixels"):
+        value = options.get(name)
+        if value is not None and value > limits.max_image_pixels:
+            raise LimitError(f"{what}: {name}={value} is over the server limit max_image_pixels="
+                             f"{limits.max_image_pixels}")
+    if options.get("min_pixels") and options.get("max_pixels") and options["min_pixels"] > options["max_pixels"]:
+        raise InputError(f"{what}: min_pixels={options['min_pixels']} is larger than max_pixels="
+                         f"{options['max_pixels']}")
+    out = {"max_pixels": options.get("max_pixels", limits.max_image_pixels)}
+    if options.get("min_pixels"):
+        out["min_pixels"] = min(options["min_pixels"], out["max_pixels"])
+    return out
+
+
+def _image(source: str, options: dict, fetcher: MediaFetcher, limits: Limits, what: str) -> dict[str, Any]:
+    data = fetcher.load(source, what)
+    image = load_image(data, max_image_pixels=limits.max_decoded_pixels)
+    return {"type": "image", "image": image, **_check_pixels(options, limits, what)}
+
+
+def _video(source: Union[str, list[str]], options: dict, fetcher: MediaFetcher, limits: Limits,
+           what: str) -> dict[str, Any]:
+    part: dict[str, Any] = {"type": "video", **_check_pixels(options, limits, what)}
+    max_frames = options.get("max_frames")
+    if max_frames is not None and max_frames > limits.max_frames:
+        raise LimitError(f"{what}: max_frames={max_frames} is over the server limit max_frames={limits.max_frames}")
+    if isinstance(source, list):
+        if len(source) > limits.max_frames:
+            raise LimitError(f"{what}: {len(source)} frames is over the server limit max_frames={limits.max_frames}")
+        if not source:
+            raise InputError(f"{what}: the frame list is empty")
+        part["video"] = [load_image(fetcher.load(frame, f"{what} frame {i}"),
+                                    max_image_pixels=limits.max_decoded_pixels) for i, frame in enumerate(source)]
+    else:
+        part["video"] = fetcher.load(source, what)
+        part["max_frames"] = max_frames or limits.max_frames
+    for name in ("fps", "min_frames", "total_pixels", "video_start", "video_end"):
+        if options.get(name) is not None:
+            part[name] = options[name]
+    if "total_pixels" in part and part["total_pixels"] > limits.max_request_pixels:
+        raise LimitError(f"{what}: total_pixels={part['total_pixels']} is over the server limit "
+                         f"max_request_pixels={limits.max_request_pixels}")
+    return part
+
+
+def _part(part: Any, fetcher: MediaFetcher, limits: Limits, what: str) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, ImageURLPart):
+        url_obj = part.image_url
+        url = url_obj.url if isinstance(url_obj, ImageURL) else url_obj
+        return _image(url, _options(part, url_obj), fetcher, limits, f"{what} image_url")
+    if isinstance(part, ImagePart):
+        return _image(part.image, _options(part), fetcher, limits, f"{what} image")
+    if isinstance(part, VideoURLPart):
+        url_obj = part.video_url
+        url = url_obj.url if isinstance(url_obj, VideoURL) else url_obj
+        return _video(url, _options(part, url_obj), fetcher, limits, f"{what} video_url")
+    if isinstance(part, VideoPart):
+        return _video(part.video, _options(part), fetcher, limits, f"{what} video")
+    raise InputError(f"{what}: unsupported content part {type(part).__name__}")
+
+
+def to_processor_messages(messages: list[ChatMessage], fetcher: MediaFetcher, limits: Limits) -> list[dict]:
+    """Runs in a worker thread of the HTTP server (fetching and decoding block)."""
+    out = []
+    for i, message in enumerate(messages):
+        if message.content is None or isinstance(message.content, str):
+            out.append({"role": message.role, "content": message.content or ""})
+            continue
+        parts = [_part(p, fetcher, limits, f"messages[{i}].content[{j}]") for j, p in enumerate(message.content)]
+        if message.role != "user" and any(p["type"] != "text" for p in parts):
+            raise InputError(f"messages[{i}]: images and videos are only accepted in user messages "
+                             f"(role {message.role!r})")
+        out.append({"role": message.role, "content": parts})
+    return out
+
+
+def check_processed(inputs: dict[str, Optional[torch.Tensor]], limits: Limits, patch_size: int = 14) -> None:
+    """Limits that only the processor's output can tell: prompt tokens, resized pixels, sampled frames."""
+    tokens = int(inputs["input_ids"].shape[-1])
+    if tokens > limits.max_prompt_tokens:
+        raise LimitError(f"the prompt has {tokens} tokens (vision tokens included), over the server limit "
+                         f"max_prompt_tokens={limits.max_prompt_tokens}")
+    pixels = 0
+    for key in ("image_grid_thw", "video_grid_thw"):
+        grid = inputs.get(key)
+        if grid is not None and grid.numel():
+            pixels += int(grid.prod(-1).sum()) * patch_size * patch_size
+    if pixels > limits.max_request_pixels:
+        raise LimitError(f"the request's images and video frames hold {pixels} pixels after resizing, over the "
+                         f"server limit max_request_pixels={limits.max_request_pixels}")
+    grid = inputs.get("video_grid_thw")
+    if grid is not None and grid.numel():
+        frames = int(grid[:, 0].max()) * 2  # temporal_patch_size frames per temporal patch
+        if frames > limits.max_frames + 1:  # an odd frame count is padded by one
+            raise LimitError(f"a video has {frames} frames after sampling, over the server limit "
+                             f"max_frames={limits.max_frames}")

@@ -1,0 +1,126 @@
+"""What the scheduler tracks per request and per generated sequence (a "row" of the running batch)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from qwen25vl.generation.sampling import SamplingParams, make_generator, seen_mask
+from qwen25vl.generation.streaming import TextStream
+from qwen25vl.serve.json_mode import JsonConstraint
+
+_ids = itertools.count()
+
+
+@dataclass
+class Event:
+    """One message from the worker to a request's handler."""
+
+    kind: str  # "delta" | "finish" | "error" | "end"
+    index: int = 0  # choice index (delta, finish)
+    text: str = ""  # delta text, or the error message
+    reason: Optional[str] = None  # finish reason ("stop", "length"), or the error type
+    status: int = 0  # HTTP status of an error
+    usage: Optional[dict[str, Any]] = None  # "end": completion token counts
+
+
+@dataclass
+class GenRequest:
+    """A chat completion waiting for or taking part in the running batch."""
+
+    inputs: dict[str, torch.Tensor]  # the processor's output for one conversation (batch of 1)
+    params: SamplingParams  # max_new_tokens = the request's max_tokens
+    n: int = 1
+    json_mode: bool = False
+    timeout: float = 600.0
+    loop: Optional[asyncio.AbstractEventLoop] = None
+    queue: Optional[asyncio.Queue] = None
+    id: int = field(default_factory=lambda: next(_ids))
+    created: float = field(default_factory=time.monotonic)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    finished_rows: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def deadline(self) -> float:
+        return self.created + self.timeout
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.inputs["input_ids"].shape[-1])
+
+    def emit(self, events: list[Event]) -> None:
+        """Hand events to the request's event loop (thread-safe; a closed loop means the client is gone)."""
+        if not events or self.loop is None or self.queue is None:
+            return
+        try:
+            self.loop.call_soon_threadsafe(_put_all, self.queue, events)
+        except RuntimeError:
+            self.cancelled.set()
+
+    def fail(self, status: int, type_: str, message: str) -> None:
+        self.emit([Event("error", text=message, reason=type_, status=status)])
+
+
+def _put_all(queue: asyncio.Queue, events: list[Event]) -> None:
+    for event in events:
+        queue.put_nowait(event)
+
+
+class Row:
+    """One sequence being decoded: the request it answers, its choice index, sampling state and text stream."""
+
+    def __init__(self, request: GenRequest, index: int, tokenizer, eos_ids: tuple[int, ...], vocab_size: int,
+                 json_table=None, device="cpu"):
+        self.request = request
+        self.index = index
+        params = request.params
+        seed = None if params.seed is None else params.seed + index  # n choices with one seed still differ
+        self.params = params.updated(seed=seed) if seed is not None else params
+        self.generator = make_generator(seed, device) if not params.greedy else None
+        self.stream = TextStream(tokenizer, params.stop)
+        self.stop_ids = frozenset(eos_ids) | frozenset(params.stop_token_ids)
+        self.json = JsonConstraint(json_table, tuple(self.stop_ids)) if request.json_mode else None
+        self.generated = 0
+        self.last_token = -1
+        self.finish_reason: Optional[str] = None
+        self.seen: Optional[torch.Tensor] = None  # (1, V) bool for the repetition penalty
+        if params.repetition_penalty != 1:
+            self.seen = seen_mask(request.inputs["input_ids"].reshape(1, -1), vocab_size, device)
+
+    @property
+    def needs_own_sampling(self) -> bool:
+        """Rows that cannot share one batched greedy argmax."""
+        return self.json is not None or self.seen is not None or not self.params.greedy
+
+    def accept(self, token: int) -> list[Event]:
+        """Record the sampled token; returns the events to send (text delta, finish)."""
+        self.generated += 1
+        self.last_token = token
+        if self.seen is not None:
+            self.seen[0, token] = True
+        if self.json is not None:
+            self.json.advance(token)
+        events = []
+        if token in self.stop_ids:
+            self.finish_reason = "stop"
+        else:
+            delta = self.stream.push(token)
+            if delta:
+                events.append(Event("delta", self.index, delta))
+            if self.stream.stopped:
+                self.finish_reason = "stop"
+            elif self.generated >= self.params.max_new_tokens:
+                self.finish_reason = "length"
+        if self.finish_reason:
+            tail = self.stream.finish()
+            if tail:
+                events.append(Event("delta", self.index, tail))
+            events.append(Event("finish", self.index, reason=self.finish_reason))
+        return events

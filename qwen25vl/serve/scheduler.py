@@ -1,0 +1,245 @@
+"""Continuous batching: one worker thread owns the model and decodes every running request together.
+
+Each iteration of the worker loop
+1. drops rows whose client went away or whose time ran out, and requests that waited too long;
+2. admits waiting requests (up to `max_batch` rows and a prefill token budget, so decoding rows never stall for long):
+   their images and videos go through the vision tower in one call across requests, then each request is prefilled
+   into its own KVCache, its first token sampled, and its rows joined to the running cache (`KVCache.concat`);
+3. runs one decode step for all running rows (rows sit at different lengths: the cache keeps per-row offsets);
+4. sends each request its new text (`loop.call_soon_threadsafe` onto the request's asyncio queue) and removes
+   finished rows from the cache (`KVCache.select`).
+Handlers never touch the model; the worker never awaits anything.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Optional
+
+import torch
+
+from qwen25vl.errors import Qwen25VLError
+from qwen25vl.generation.sampling import sample
+from qwen25vl.generation.vision_cache import VisionCache, encode_items
+from qwen25vl.model.kv_cache import KVCache
+from qwen25vl.serve.json_mode import token_byte_table
+from qwen25vl.serve.rows import Event, GenRequest, Row
+
+log = logging.getLogger("qwen25vl.serve")
+
+
+class QueueFull(Exception):
+    """The waiting queue holds `max_queue` requests already (answered with 429)."""
+
+
+class Scheduler:
+    def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256,
+                 prefill_tokens_per_step: int = 8192, vision_cache_bytes: int = 256 * 2**20):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.prefill_budget = prefill_tokens_per_step
+        self.vision_cache = VisionCache(vision_cache_bytes) if vision_cache_bytes > 0 else None
+        self.device = model.model.embed_tokens.weight.device
+        self.vocab_size = model.lm_head.weight.shape[0] if hasattr(model, "lm_head") else model.config.text.vocab_size
+        # Ids past the tokenizer's vocabulary are padded embedding rows: never sampled (they have no text).
+        self.text_vocab = min(getattr(tokenizer, "vocab_size", self.vocab_size), self.vocab_size)
+        self.eos_ids = tuple(getattr(tokenizer, "eos_token_ids", ()) or (model.config.eos_token_id,))
+        self._json_table = None
+        self._waiting: collections.deque[GenRequest] = collections.deque()
+        self._rows: list[Row] = []
+        self._cache: Optional[KVCache] = None
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: Optional[threading.Thread] = None
+        self.steps = 0  # decode steps run (for tests and the benchmark)
+        self.max_rows_seen = 0
+
+    # ---- called from the HTTP side ------------------------------------------------------------------------------
+
+    def start(self) -> "Scheduler":
+        self._thread = threading.Thread(target=self._run, name="qwen25vl-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def submit(self, request: GenRequest) -> None:
+        with self._cond:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"the server's queue is full (max_queue={self.max_queue}); retry later")
+            self._waiting.append(request)
+            self._cond.notify()
+
+    def cancel(self, request: GenRequest) -> None:
+        """The client went away: its rows leave the batch at the next step."""
+        request.cancelled.set()
+        with self._cond:
+            self._cond.notify()
+
+    @property
+    def running_rows(self) -> int:
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ---- the worker ---------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self._stop and not self._waiting and not self._rows:
+                        self._cond.wait(timeout=0.5)
+                    if self._stop:
+                        break
+                try:
+                    self._drop_gone()
+                    self._admit()
+                    if self._rows:
+                        self._decode_step()
+                except Exception as err:  # a bug must not kill the server: fail the running requests, go on
+                    log.exception("scheduler step failed")
+                    for request in {id(r.request): r.request for r in self._rows}.values():
+                        request.fail(500, "server_error", f"generation failed: {type(err).__name__}: {err}")
+                    self._rows, self._cache = [], None
+        for request in list(self._waiting) + [r.request for r in self._rows]:
+            request.fail(503, "server_shutdown", "the server is shutting down")
+
+    def _drop_gone(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            for request in list(self._waiting):
+                if request.cancelled.is_set():
+                    self._waiting.remove(request)
+                elif now > request.deadline:
+                    self._waiting.remove(request)
+                    request.fail(504, "timeout", f"request waited past the limit request_timeout={request.timeout}s")
+        timed_out = {id(r.request): r.request for r in self._rows if now > r.request.deadline}
+        for request in timed_out.values():
+            request.fail(504, "timeout", f"request ran past the limit request_timeout={request.timeout}s")
+            request.cancelled.set()
+        self._keep([i for i, r in enumerate(self._rows) if not r.request.cancelled.is_set()])
+
+    def _keep(self, keep: list[int]) -> None:
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[i] for i in keep]
+        self._cache = self._cache.select(keep) if keep else None
+
+    def _take_admissible(self) -> list[GenRequest]:
+        taken, rows, tokens = [], len(self._rows), 0
+        with self._cond:
+            while self._waiting:
+                request = self._waiting[0]
+                if rows + request.n > self.max_batch:
+                    break
+                if taken and tokens + request.prompt_len > self.prefill_budget:
+                    break  # the rest waits one decode step: running rows keep streaming meanwhile
+                self._waiting.popleft()
+                taken.append(request)
+                rows += request.n
+                tokens += request.prompt_len
+        return taken
+
+    def _admit(self) -> None:
+        taken = self._take_admissible()
+        if not taken:
+            return
+        embeds = self._encode_vision(taken)
+        for request, (image_embeds, video_embeds) in zip(taken, embeds):
+            try:
+                self._prefill(request, image_embeds, video_embeds)
+            except Qwen25VLError as err:
+                request.fail(400, "invalid_request_error", str(err))
+        self.max_rows_seen = max(self.max_rows_seen, len(self._rows))
+
+    def _encode_vision(self, requests: list[GenRequest]) -> list[tuple]:
+        """One tower call per kind across all admitted requests; split the features back per request."""
+        out = [[None, None] for _ in requests]
+        for slot, (kind, pix_key, grid_key) in enumerate(
+                (("image", "pixel_values", "image_grid_thw"), ("video", "pixel_values_videos", "video_grid_thw"))):
+            owners = [i for i, r in enumerate(requests) if r.inputs.get(pix_key) is not None]
+            if not owners:
+                continue
+            pixels = torch.cat([requests[i].inputs[pix_key] for i in owners]).to(self.device)
+            grids = torch.cat([requests[i].inputs[grid_key] for i in owners]).to(self.device)
+            feats = encode_items(self.model, kind, pixels, grids, self.vision_cache)
+            merge = self.model.config.vision.spatial_merge_size ** 2
+            sizes = [int(requests[i].inputs[grid_key].prod(-1).sum()) // merge for i in owners]
+            for i, part in zip(owners, torch.split(feats, sizes)):
+                out[i][slot] = part
+        return [tuple(x) for x in out]
+
+    def _prefill(self, request: GenRequest, image_embeds, video_embeds) -> None:
+        inputs = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in request.inputs.items()}
+        cache = KVCache.for_model(self.model, 1, request.prompt_len + request.params.max_new_tokens)
+        out = self.model(
+            inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+            image_grid_thw=inputs.get("image_grid_thw"), video_grid_thw=inputs.get("video_grid_thw"),
+            second_per_grid_ts=inputs.get("second_per_grid_ts"), cache=cache,
+            image_embeds=image_embeds, video_embeds=video_embeds, logits_to_keep=1,
+        )
+        if request.n > 1:
+            cache = cache.select([0] * request.n)  # the n choices share the prompt: one prefill, n copies
+        if request.json_mode and self._json_table is None:
+            self._json_table = token_byte_table(self.tokenizer, self.vocab_size)
+        rows = [Row(request, i, self.tokenizer, self.eos_ids, self.vocab_size, self._json_table, self.device)
+                for i in range(request.n)]
+        logits = out.logits[:, -1].float().expand(request.n, -1)  # (n, V)
+        tokens = self._sample(rows, logits)
+        self._rows.extend(rows)
+        self._cache = cache if self._cache is None else self._cache.concat(cache)
+        self._deliver(rows, tokens)
+
+    def _decode_step(self) -> None:
+        tokens = torch.tensor([[r.last_token] for r in self._rows], dtype=torch.long, device=self.device)  # (B, 1)
+        out = self.model(tokens, cache=self._cache, logits_to_keep=1)
+        self.steps += 1
+        self._deliver(self._rows, self._sample(self._rows, out.logits[:, -1].float()))
+
+    def _sample(self, rows: list[Row], logits: torch.Tensor) -> list[int]:
+        """logits (B, V) -> one token per row: shared greedy argmax where possible, else each row on its own."""
+        if self.text_vocab < logits.shape[-1]:
+            logits = logits.clone()
+            logits[:, self.text_vocab:] = float("-inf")
+        tokens = logits.argmax(-1).tolist()
+        for i, row in enumerate(rows):
+            if not row.needs_own_sampling:
+                continue
+            row_logits = logits[i]
+            if row.json is not None:
+                row_logits = row.json.mask(row_logits, row.params.max_new_tokens - row.generated)
+            tokens[i] = int(sample(row_logits[None], row.params, row.generator, row.seen)[0])
+        return tokens
+
+    def _deliver(self, rows: list[Row], tokens: list[int]) -> None:
+        """Send each request its events for this step; drop rows that finished."""
+        by_request: dict[int, tuple[GenRequest, list[Event]]] = {}
+        for row, token in zip(rows, tokens):
+            request = row.request
+            events = by_request.setdefault(request.id, (request, []))[1]
+            events.extend(row.accept(token))
+            request.completion_tokens += 1
+            if row.finish_reason:
+                request.finished_rows += 1
+                if request.finished_rows == request.n:
+                    events.append(Event("end", usage={"completion_tokens": request.completion_tokens}))
+        for request, events in by_request.values():
+            request.emit(events)
+        self._keep([i for i, r in enumerate(self._rows) if r.finish_reason is None])
