@@ -1,0 +1,233 @@
+"""Processor: OpenAI-style conversations -> the model's input tensors (under transformers' names) + item metadata.
+
+One call renders every conversation with the chat template, processes its images and videos (per-item pixel
+budgets from the content parts, call-level defaults), expands each pad to the item's token count
+(grid_t * grid_h * grid_w / 4) and left-pads the batch with `<|endoftext|>`. A call-level `max_length` rejects a
+conversation that does not fit instead of truncating it (a cut through a vision block breaks the model's input).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qwen25vl.errors import InputError
+from qwen25vl.processing.chat_template import media_parts, render
+from qwen25vl.processing.tokenizer import Tokenizer
+
+_IMAGE_OPTIONS = ("min_pixels", "max_pixels", "min_tokens", "max_tokens")
+_VIDEO_OPTIONS = ("fps", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels", "start", "end")
+_VIDEO_ALIASES = {"video_start": "start", "video_end": "end"}
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """What became of one image: where it sits, its grid and how it was resized (for coordinate mapping)."""
+
+    conversation: int
+    grid_thw: tuple[int, int, int]
+    num_tokens: int
+    resize: Any  # image.ResizeInfo
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    conversation: int
+    grid_thw: tuple[int, int, int]
+    num_tokens: int
+    resize: Any
+    second_per_grid_t: float
+    timestamps: list[float]  # seconds of the first frame of each frame group
+    sampled_fps: float
+    frame_indices: list[int] = field(repr=False)
+
+
+class BatchFeature(dict):
+    """A dict of tensors under the Hugging Face names, plus `.images` / `.videos` metadata (batch order)."""
+
+    def __init__(self, data: dict, images: list[ImageItem], videos: list[VideoItem], texts: list[str]):
+        super().__init__(data)
+        self.images = images
+        self.videos = videos
+        self.texts = texts
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, device=None, dtype=None) -> "BatchFeature":
+        """Move tensors to `device`; `dtype` applies to the floating ones (pixels) only."""
+        moved = {}
+        for key, value in self.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(device=device, dtype=dtype if dtype is not None and value.is_floating_point() else None)
+            moved[key] = value
+        return BatchFeature(moved, self.images, self.videos, self.texts)
+
+
+class Processor:
+    """`Processor.from_pretrained(folder)(messages)` -> BatchFeature; `decode` / `batch_decode` pass through."""
+
+    def __init__(self, tokenizer: Tokenizer, image_config=None):
+        from qwen25vl.processing.image import ImageProcessorConfig
+
+        self.tokenizer = tokenizer
+        self.image_config = image_config or ImageProcessorConfig()
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "Processor":
+        from qwen25vl.processing.image import ImageProcessorConfig
+
+        return cls(Tokenizer.from_pretrained(folder), ImageProcessorConfig.from_pretrained(folder))
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False) -> list[str]:
+        return self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens)
+
+    def __call__(
+        self,
+        messages,
+        *,
+        add_generation_prompt: bool = True,
+        tools=None,
+        add_vision_id: bool = False,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        video_options: dict | None = None,
+        max_length: int | None = None,
+        return_loss_mask: bool = False,
+    ) -> BatchFeature:
+        """Process one conversation (a list of messages) or a batch of them (a list of such lists).
+
+        `min_pixels` / `max_pixels` apply to every image and video frame unless a content part sets its own
+        (`{"type": "image", "image": ..., "max_pixels": ...}`); `video_options` holds call-level video settings
+        (fps, min_frames, max_frames, total_pixels, ...), also overridable per part. `max_length` caps each
+        conversation's tokens (vision tokens included): longer ones raise InputError, nothing is truncated.
+        """
+        conversations = _as_batch(messages)
+        from qwen25vl.processing.image import process_images
+        from qwen25vl.processing.video import process_video
+
+        image_sources, image_options, image_owner = [], [], []
+        video_parts: list[tuple[int, int, dict]] = []
+        for c, conversation in enumerate(conversations):
+            for kind, part in media_parts(conversation):
+                if kind == "image":
+                    image_sources.append(_source(part, "image", c))
+                    image_options.append(_options(part, _IMAGE_OPTIONS, {}, f"conversation {c} image"))
+                    image_owner.append(c)
+                else:
+                    video_parts.append((c, len(video_parts), part))
+
+        call_limits = {"min_pixels": min_pixels, "max_pixels": max_pixels}
+        images = []
+        if image_sources:
+            images = process_images(image_sources, **call_limits, options=image_options, config=self.image_config)
+        videos = []
+        for c, v, part in video_parts:
+            base = {k: v for k, v in {**call_limits, **(video_options or {})}.items() if v is not None}
+            opts = {**base, **_options(part, _VIDEO_OPTIONS, _VIDEO_ALIASES, f"conversation {c} video {v}")}
+            videos.append(process_video(_source(part, "video", c), config=self.image_config, **opts))
+
+        rows, masks, texts = [], [], []
+        image_i = video_i = 0
+        for c, conversation in enumerate(conversations):
+            n_img = sum(1 for owner in image_owner if owner == c)
+            n_vid = sum(1 for owner, _, _ in video_parts if owner == c)
+            rendered = render(
+                conversation, tokenizer=self.tokenizer, add_generation_prompt=add_generation_prompt, tools=tools,
+                add_vision_id=add_vision_id,
+                image_token_counts=[im.num_tokens for im in images[image_i : image_i + n_img]] or None,
+                video_token_counts=[vd.num_tokens for vd in videos[video_i : video_i + n_vid]] or None,
+            )  # fmt: skip
+            image_i, video_i = image_i + n_img, video_i + n_vid
+            if max_length is not None and len(rendered.input_ids) > max_length:
+                raise InputError(
+                    f"conversation {c} is {len(rendered.input_ids)} tokens long "
+                    f"({sum(im.num_tokens for im in images[image_i - n_img : image_i])} image and "
+                    f"{sum(vd.num_tokens for vd in videos[video_i - n_vid : video_i])} video tokens), over "
+                    f"max_length={max_length}; lower max_pixels or the video fps/frames instead of truncating"
+                )
+            rows.append(rendered.input_ids)
+            masks.append(rendered.loss_mask)
+            texts.append(rendered.text)
+
+        data = self._pad(rows, masks if return_loss_mask else None)
+        if images:
+            data["pixel_values"] = torch.cat([im.pixel_values for im in images])
+            data["image_grid_thw"] = torch.tensor([im.grid_thw for im in images], dtype=torch.long)
+        if videos:
+            data["pixel_values_videos"] = torch.cat([vd.pixel_values for vd in videos])
+            data["video_grid_thw"] = torch.tensor([vd.grid_thw for vd in videos], dtype=torch.long)
+            data["second_per_grid_ts"] = torch.tensor([vd.second_per_grid_t for vd in videos], dtype=torch.float32)
+        image_items = [ImageItem(c, tuple(im.grid_thw), im.num_tokens, im.resize) for c, im in zip(image_owner, images)]
+        video_items = [
+            VideoItem(c, tuple(vd.grid_thw), vd.num_tokens, vd.resize, vd.second_per_grid_t, list(vd.timestamps),
+                      vd.sampled_fps, list(vd.frame_indices))
+            for (c, _, _), vd in zip(video_parts, videos)
+        ]  # fmt: skip
+        return BatchFeature(data, image_items, video_items, texts)
+
+    def _pad(self, rows: list[list[int]], masks: list[list[int]] | None) -> dict:
+        """Left-pad to the longest row: generation appends on the right, so every row's last token lines up."""
+        special = self.tokenizer.special
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        loss = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, row in enumerate(rows):
+            n = len(row)
+            input_ids[b, width - n :] = torch.tensor(row, dtype=torch.long)
+            attention[b, width - n :] = 1
+            if masks is not None:
+                loss[b, width - n :] = torch.tensor(masks[b], dtype=torch.long)
+        token_type = torch.zeros_like(input_ids)
+        token_type[input_ids == special.image_pad] = 1
+        token_type[input_ids == special.video_pad] = 2
+        token_type[attention == 0] = 0
+        data = {"input_ids": input_ids, "attention_mask": attention, "mm_token_type_ids": token_type}
+        if masks is not None:
+            data["loss_mask"] = loss
+        return data
+
+
+def _as_batch(messages) -> list[list[dict]]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InputError(f"expected a conversation (list of messages) or a list of conversations, got {messages!r:.80}")
+    if all(isinstance(m, dict) for m in messages):
+        return [list(messages)]
+    if all(isinstance(c, (list, tuple)) for c in messages):
+        for c, conversation in enumerate(messages):
+            if not conversation:
+                raise InputError(f"conversation {c} has no messages")
+        return [list(c) for c in messages]
+    raise InputError("messages must be a list of dicts (one conversation) or a list of lists (a batch)")
+
+
+def _source(part, kind: str, conversation: int):
+    """The item's source from any accepted form: {kind: src}, {kind + '_url': {'url': src}}, {'url'} or {'path'}."""
+    for key in (kind, f"{kind}_url", "url", "path"):
+        if key in part and part[key] is not None:
+            value = part[key]
+            if isinstance(value, dict):
+                if "url" not in value:
+                    raise InputError(f"conversation {conversation} {kind}: {key} has no 'url' (keys {sorted(value)})")
+                value = value["url"]
+            return value
+    raise InputError(f"conversation {conversation}: a {kind} part without a source (keys {sorted(part)})")
+
+
+def _options(part, allowed, aliases, where: str) -> dict:
+    opts = {}
+    for key, value in part.items():
+        key = aliases.get(key, key)
+        if key in allowed and value is not None:
+            opts[key] = value
+    return opts
