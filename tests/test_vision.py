@@ -149,3 +149,27 @@ def test_mistakes_raise_errors_naming_the_value(pair):
         VisionTransformer(VisionConfig(**{**TINY, "fullatt_block_indexes": (4,)}))
     with pytest.raises(ConfigError, match="hidden_act"):
         VisionTransformer(VisionConfig(**{**TINY, "hidden_act": "relu6"}))
+
+
+def test_shared_layers_keep_the_reference_math():
+    """layers.py's fused forms (F.rms_norm in fp32, rotary without the rotated copy) equal the plain formulas."""
+    from qwen25vl.model.layers import RMSNorm, apply_rotary, rotate_half
+
+    x = torch.randn(5, 3, 16, requires_grad=True)
+    cos, sin = torch.randn(5, 1, 16), torch.randn(5, 1, 16)
+    got = apply_rotary(x, cos, sin)
+    want = x * cos + rotate_half(x) * sin
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+
+    norm = RMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+    for dtype in (torch.float32, torch.bfloat16):
+        h = (torch.randn(4, 16) * 3).to(dtype)
+        h32 = h.float()
+        manual = norm.weight.to(dtype) * (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+        norm_d = RMSNorm(16).to(dtype)
+        norm_d.load_state_dict(norm.state_dict())
+        torch.testing.assert_close(norm_d(h), manual)

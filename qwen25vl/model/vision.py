@@ -15,7 +15,7 @@ from torch import nn
 
 from qwen25vl.errors import ConfigError, InputError
 from qwen25vl.model.attention import VarlenPlan, attention
-from qwen25vl.model.layers import RMSNorm, rotate_half
+from qwen25vl.model.layers import RMSNorm, apply_rotary
 from qwen25vl.vision_layout import grids_from_tensor, vision_layout
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class VisionAttention(nn.Module):
         qkv = self.qkv(x).view(n, 3, self.num_heads, self.head_dim)  # (N, 3C) -> (N, 3, H, D)
         # rotary on q and k together, in fp32 as the reference does (bf16 angles lose whole positions)
         qk = qkv[:, :2].float()  # (N, 2, H, D)
-        qk = (qk * cos + rotate_half(qk) * sin).to(x.dtype)
+        qk = apply_rotary(qk, cos, sin).to(x.dtype)
         out = attention(qk[:, 0], qk[:, 1], qkv[:, 2], cu_seqlens=plan)  # (N, H, D)
         return self.proj(out.reshape(n, -1))
 
@@ -148,7 +148,8 @@ class VisionTransformer(nn.Module):
         """cos, sin (N, 1, 1, D) fp32 for q/k laid out (N, 2 or H, H, D); rows angles then columns angles, twice."""
         head_dim = self.config.hidden_size // self.config.num_heads
         quarter = head_dim // 4
-        inv_freq = 1.0 / _ROPE_THETA ** (torch.arange(quarter, device=ids.device, dtype=torch.float32) * 2 / (head_dim // 2))
+        exponents = torch.arange(quarter, device=ids.device, dtype=torch.float32) * 2 / (head_dim // 2)
+        inv_freq = 1.0 / _ROPE_THETA**exponents
         angles = (ids[..., None].float() * inv_freq).reshape(ids.shape[0], -1)  # (N, 2, D/4) -> (N, D/2)
         angles = torch.cat([angles, angles], dim=-1)[:, None, None, :]  # (N, 1, 1, D)
         return angles.cos(), angles.sin()
