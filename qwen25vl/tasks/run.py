@@ -22,8 +22,8 @@ DEFAULT_SAMPLING = {"temperature": 0.0, "max_new_tokens": 1024}
 
 def _limits(vlm, min_pixels, max_pixels) -> tuple[int, int]:
     """Explicit limits win; else the model's processor's own image limits when it exposes them; else the official."""
-    sources = [getattr(vlm, "processor", None)]
-    sources.append(getattr(sources[0], "image_processor", None))
+    processor = getattr(vlm, "processor", None)
+    sources = [processor, getattr(processor, "image_config", None), getattr(processor, "image_processor", None)]
     for src in sources:
         if src is None:
             continue

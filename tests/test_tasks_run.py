@@ -1,0 +1,181 @@
+"""The task wrappers and the CLI.
+
+The wrappers are tested with a stand-in model whose `.chat()` returns a fixed answer (what is under test is the
+message they build, the parsing and the mapping back to the caller's pixels); the CLI runs end to end once on a real
+tiny random checkpoint, where only the plumbing can be checked (a random model answers garbage).
+"""
+
+import json
+
+import pytest
+from PIL import Image, ImageDraw
+
+from qwen25vl.tasks import act, find_in_video, ground, parse_document
+from qwen25vl.tasks.draw import PALETTE
+
+
+class FakeVLM:
+    """Anything with `.chat(messages, **sampling) -> str` is a model to the task wrappers."""
+
+    def __init__(self, answer: str):
+        self.answer = answer
+        self.calls = []
+
+    def chat(self, messages, **sampling):
+        self.calls.append((messages, sampling))
+        return self.answer
+
+
+def _photo(size=(900, 600)):
+    img = Image.new("RGB", size, (90, 90, 90))
+    ImageDraw.Draw(img).ellipse([100, 100, 300, 300], fill=(250, 250, 0))
+    return img
+
+
+def _resized_size(vlm):
+    """The size the processor gives the image part the wrapper built (the frame the model answers in)."""
+    from qwen25vl.processing.image import process_image
+
+    (messages, _) = vlm.calls[-1]
+    part = next(p for m in messages if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image")
+    return process_image(part["image"], min_pixels=part["min_pixels"], max_pixels=part["max_pixels"]).resize
+
+
+def test_ground_maps_the_answer_to_the_original_image():
+    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
+    vlm = FakeVLM('```json\n[{"bbox_2d": [56, 56, 168, 168], "label": "sun"}]\n```')
+    result = ground(vlm, _photo(), "sun", max_pixels=28 * 28 * 100)
+    info = _resized_size(vlm)
+    assert info.resized_size != info.original_size  # the model saw a smaller image
+    (messages, sampling) = vlm.calls[0]
+    assert messages[0]["content"][1]["text"].startswith("Outline the position of each sun")
+    assert sampling["max_new_tokens"] > 0
+    sx = info.original_size[0] / info.resized_size[0]
+    sy = info.original_size[1] / info.resized_size[1]
+    assert result.frame == "original" and result.frame_map.resized_size == tuple(info.resized_size)
+    assert result.boxes[0] == pytest.approx((56 * sx, 56 * sy, 168 * sx, 168 * sy))
+
+
+def test_ground_with_garbage_answer_reports_nothing_found():
+    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
+    result = ground(FakeVLM("I see a yellow circle."), _photo(), "sun", mode="refer")
+    assert result.items == [] and result.summary().startswith("no boxes parsed")
+
+
+def test_parse_document_sends_the_cookbook_prompts_and_maps_boxes():
+    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
+    vlm = FakeVLM('```html\n<html><body><h1 data-bbox="28 28 280 56">Title</h1></body></html>\n```')
+    doc = parse_document(vlm, _photo((560, 840)), max_pixels=28 * 28 * 150)
+    (messages, _) = vlm.calls[0]
+    assert messages[0]["role"] == "system" and "QwenVL Document Parser HTML" in messages[0]["content"]
+    assert messages[1]["content"][1]["text"] == "QwenVL HTML"
+    info = _resized_size(vlm)
+    s = info.original_size[0] / info.resized_size[0]
+    assert doc.blocks[0].bbox == pytest.approx((28 * s, 28 * s, 280 * s, 56 * s), rel=0.02)
+
+
+def test_act_scales_to_the_screen_and_declares_the_resized_size():
+    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
+    vlm = FakeVLM('<tool_call>\n{"name": "computer_use", "arguments": {"action": "left_click", '
+                  '"coordinate": [100, 50]}}\n</tool_call>')
+    screenshot = _photo((1280, 800))
+    step = act(vlm, screenshot, "click the sun", max_pixels=28 * 28 * 300, screen_size=(2560, 1600))
+    info = _resized_size(vlm)
+    (messages, _) = vlm.calls[0]
+    w, h = info.resized_size
+    assert f"The screen's resolution is {w}x{h}." in messages[0]["content"]
+    assert messages[1]["content"][0]["text"] == "The user query: click the sun"
+    (a,) = step.actions
+    assert a.frame == "screen" and a.coordinate == (round(100 * 2560 / w), round(50 * 1600 / h))
+
+
+def test_find_in_video_builds_a_video_part_and_adds_the_cut_offset():
+    vlm = FakeVLM("The given query happens in 4.0 - 6.5 seconds.")
+    answer = find_in_video(vlm, "clip.mp4", "a dog jumps", fps=1.0, start=10.0)
+    (messages, _) = vlm.calls[0]
+    part = messages[0]["content"][0]
+    assert part == {"type": "video", "video": "clip.mp4", "fps": 1.0, "video_start": 10.0}
+    assert [(s.start, s.end) for s in answer.spans] == [(14.0, 16.5)]
+    assert find_in_video(FakeVLM("no idea"), "clip.mp4", "x").summary() == "no time span parsed from the answer"
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_load(monkeypatch):
+    import qwen25vl
+
+    holder = {}
+
+    def load(path=None, device=None, dtype=None, **_):
+        holder["path"] = path
+        return holder["vlm"]
+
+    monkeypatch.setattr(qwen25vl, "load", load, raising=False)
+    return holder
+
+
+def test_cli_ground_draws_and_prints_json(tmp_path, fake_load, capsys):
+    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
+    from qwen25vl.cli import main
+
+    src = tmp_path / "in.png"
+    Image.new("RGB", (280, 280), (128, 128, 128)).save(src)  # 280x280 is kept as is by the default limits
+    fake_load["vlm"] = FakeVLM('[{"bbox_2d": [20, 30, 200, 250], "label": "thing"}]')
+    out = tmp_path / "annotated.png"
+    assert main(["ground", str(src), "thing", "--out", str(out), "--json", "--model", "m"]) == 0
+    assert fake_load["path"] == "m"
+    data = json.loads(capsys.readouterr().out)
+    assert data["items"] == [{"bbox_2d": [20, 30, 200, 250], "label": "thing"}] and data["frame"] == "original"
+    drawn = Image.open(out).convert("RGB")
+    assert drawn.getpixel((20, 140)) == PALETTE[0] and drawn.getpixel((110, 250)) == PALETTE[0]
+
+
+def test_cli_parse_doc_formats(tmp_path, fake_load, capsys):
+    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
+    from qwen25vl.cli import main
+
+    src = tmp_path / "page.png"
+    Image.new("RGB", (280, 280), "white").save(src)
+    fake_load["vlm"] = FakeVLM('<html><body><h2 data-bbox="1 2 3 4">Hi</h2><p data-bbox="5 6 7 8">there</p></body></html>')
+    assert main(["parse-doc", str(src)]) == 0
+    assert capsys.readouterr().out == "## Hi\n\nthere\n"
+    assert main(["parse-doc", str(src), "--format", "json"]) == 0
+    assert [b["type"] for b in json.loads(capsys.readouterr().out)["blocks"]] == ["heading", "paragraph"]
+    assert main(["parse-doc", str(src), "--format", "html"]) == 0
+    assert capsys.readouterr().out.startswith("<html><body><h2 data-bbox")
+
+
+def test_cli_act_reports_a_bad_action_as_one_line(tmp_path, fake_load, capsys):
+    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
+    from qwen25vl.cli import main
+
+    src = tmp_path / "screen.png"
+    Image.new("RGB", (280, 280), "white").save(src)
+    fake_load["vlm"] = FakeVLM('<tool_call>{"name": "mobile_use", "arguments": {"action": "fly"}}</tool_call>')
+    assert main(["act", str(src), "do it", "--kind", "mobile"]) == 2
+    assert "unknown action 'fly'" in capsys.readouterr().err
+
+
+def test_cli_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
+    pytest.importorskip("qwen25vl.processing.processor", reason="the processor has not landed")
+    checkpoint = pytest.importorskip("qwen25vl.testing.checkpoint", reason="the tiny checkpoint writer has not landed")
+    pytest.importorskip("qwen25vl.api", reason="the Python API has not landed")
+    from qwen25vl.cli import main
+
+    model = checkpoint.make_tiny_checkpoint(tmp_path / "model")
+    src = tmp_path / "in.png"
+    _photo((120, 90)).save(src)
+    common = ["--model", str(model), "--max-new-tokens", "8", "--max-pixels", str(28 * 28 * 4)]
+    assert main(["ground", str(src), "sun", "--out", str(tmp_path / "a.png"), *common]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("no boxes parsed") or " found: " in out  # random weights: any answer, parsed cleanly
+    assert Image.open(tmp_path / "a.png").size[1] == 90
+    code = main(["act", str(src), "open settings", "--kind", "mobile", "--json", *common])
+    captured = capsys.readouterr()
+    if code == 0:  # no tool call, or a valid one: the JSON lists the actions
+        assert isinstance(json.loads(captured.out)["actions"], list)
+    else:  # a <tool_call> with a bad action: one readable line, no traceback
+        assert code == 2 and captured.err.startswith("qwen25vl: error:") and "Traceback" not in captured.err
+    assert main(["parse-doc", str(src), "--format", "json", *common]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out)["blocks"], list)
