@@ -46,7 +46,7 @@ def address_refused(address: str) -> str | None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
-    for kind in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
+    for kind in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved"):  # most specific first
         if getattr(ip, f"is_{kind}"):
             return kind.replace("_", "-")
     if not ip.is_global:
@@ -97,7 +97,7 @@ class MediaFetcher:
                 raise FetchError(f"{what}: data URL of about {len(payload) * 3 // 4} bytes exceeds the limit "
                                  f"max_fetch_bytes={self.policy.max_bytes}")
             try:
-                data = base64.b64decode(payload, validate=False)
+                data = base64.b64decode("".join(payload.split()), validate=True)
             except (binascii.Error, ValueError) as err:
                 raise FetchError(f"{what}: data URL {_short(source)} is not valid base64 ({err})") from None
         else:
