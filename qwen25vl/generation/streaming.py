@@ -47,33 +47,22 @@ class WindowDecoder:
 
 
 def make_decoder(tokenizer: Any, skip_special_tokens: bool = True):
-    """The processing package's IncrementalDecoder when it offers the shape we use, else `WindowDecoder`."""
-    try:
-        from qwen25vl.processing.tokenizer import IncrementalDecoder
-    except ImportError:
-        return WindowDecoder(tokenizer, skip_special_tokens)
-    return _IncrementalAdapter(IncrementalDecoder, tokenizer, skip_special_tokens)
+    """The tokenizer's own IncrementalDecoder (processing/tokenizer.py: add/finish) when it has one, else ours."""
+    if hasattr(tokenizer, "incremental_decoder"):
+        inner = tokenizer.incremental_decoder(skip_special_tokens=skip_special_tokens)
+        return _Adapter(inner)
+    return WindowDecoder(tokenizer, skip_special_tokens)
 
 
-class _IncrementalAdapter:
-    """Maps IncrementalDecoder's methods onto push/flush (its exact method names belong to the processing owner)."""
-
-    def __init__(self, cls, tokenizer, skip_special_tokens):
-        try:
-            self.inner = cls(tokenizer, skip_special_tokens=skip_special_tokens)
-        except TypeError:
-            self.inner = cls(tokenizer)
-        step = next((getattr(self.inner, n) for n in ("push", "step", "add", "decode", "feed") if hasattr(self.inner, n)), None)
-        if step is None:
-            raise TypeError("IncrementalDecoder has no push/step method")
-        self._step = step
-        self._flush = next((getattr(self.inner, n) for n in ("flush", "finish", "end") if hasattr(self.inner, n)), None)
+class _Adapter:
+    def __init__(self, inner):
+        self.inner = inner
 
     def push(self, token_id: int) -> str:
-        return self._step(int(token_id)) or ""
+        return self.inner.add(int(token_id))
 
     def flush(self) -> str:
-        return (self._flush() or "") if self._flush else ""
+        return self.inner.finish()
 
 
 class TextStream:
@@ -83,12 +72,16 @@ class TextStream:
         self.decoder = make_decoder(tokenizer, skip_special_tokens)
         self.filter = StopStringFilter(stops)
         self.parts: list[str] = []
+        # the model's embedding has padded rows beyond the tokenizer's vocabulary; a (random) model may pick one
+        self.vocab_size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
 
     @property
     def stopped(self) -> bool:
         return self.filter.stopped
 
     def push(self, token_id: int) -> str:
+        if self.vocab_size is not None and not 0 <= token_id < self.vocab_size:
+            return ""  # no text, as the tokenizer's decode writes nothing for ids it does not know
         delta = self.filter.push(self.decoder.push(token_id))
         if delta:
             self.parts.append(delta)

@@ -1,0 +1,166 @@
+"""The Python API: `vlm = qwen25vl.load(path)`, then `vlm.chat(messages)`.
+
+```
+vlm = qwen25vl.load("Qwen2.5-VL-3B-Instruct")            # CUDA + bf16 when available, else CPU fp32
+vlm.chat("Describe this.", images=["cat.png"])            # -> str
+for delta in vlm.chat(messages, stream=True): ...         # text deltas
+vlm.chat([conv_a, conv_b], max_new_tokens=64)             # a batch -> list[str]
+```
+Sampling defaults come from the checkpoint's generation_config.json; keyword arguments override them per call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from qwen25vl.errors import CheckpointError, InputError
+from qwen25vl.generation.generate import Completion, Delta, generate_batch, stream_batch
+from qwen25vl.generation.sampling import SamplingParams
+from qwen25vl.generation.vision_cache import VisionCache
+
+# Where the embedded tiny model will ship (a folder in the package); until then `load()` needs a path.
+EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "tiny-model"
+NO_EMBEDDED_MODEL = "no --model given and no embedded model ships yet"
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
+    """CUDA + bf16 when available (fp16 on GPUs without bf16), else CPU fp32; either may be overridden."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"device {device!r} is not a valid torch device: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {str(device)!r} asked for but CUDA is not available")
+    if dtype is None:
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32
+    elif isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise InputError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+        dtype = _DTYPES[dtype]
+    return device, dtype
+
+
+def model_path(path: str | Path | None) -> Path:
+    if path is None:
+        if (EMBEDDED_MODEL_DIR / "config.json").is_file():
+            return EMBEDDED_MODEL_DIR
+        raise InputError(NO_EMBEDDED_MODEL)
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise CheckpointError(f"model folder {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        raise CheckpointError(f"model path {str(folder)!r} is not a folder")
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"model folder {str(folder)!r} has no config.json")
+    return folder
+
+
+def load(path: str | Path | None = None, device=None, dtype=None, *, compile: bool = False,
+         vision_cache_bytes: int = 256 * 2**20) -> "VLM":
+    """Load a checkpoint folder (model, processor, generation defaults). compile: torch.compile the decode step."""
+    from qwen25vl.model.vlm import Qwen25VL
+    from qwen25vl.processing.processor import Processor
+
+    folder = model_path(path)
+    device, dtype = resolve_device_dtype(device, dtype)
+    model = Qwen25VL.from_pretrained(folder, dtype=dtype, device=device).eval()
+    processor = Processor.from_pretrained(folder)
+    return VLM(model, processor, generation_config=_read_generation_config(folder), compile=compile,
+               vision_cache=VisionCache(vision_cache_bytes) if vision_cache_bytes else None)
+
+
+def _read_generation_config(folder: Path) -> dict:
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise CheckpointError(f"cannot parse {path}: {err}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _is_batch(messages: Any) -> bool:
+    return isinstance(messages, (list, tuple)) and bool(messages) and all(isinstance(m, (list, tuple)) for m in messages)
+
+
+def as_conversation(prompt: str, images: Sequence[Any] = (), videos: Sequence[Any] = ()) -> list[dict]:
+    """A plain prompt with attachments -> one user message (images and videos first, as the cookbooks do)."""
+    parts = [{"type": "image", "image": im} for im in images] + [{"type": "video", "video": v} for v in videos]
+    return [{"role": "user", "content": parts + [{"type": "text", "text": prompt}]}]
+
+
+class VLM:
+    """A loaded model with its processor. `chat` for text, `generate` for Completions (token ids, finish reasons)."""
+
+    def __init__(self, model, processor, *, generation_config: dict | None = None, compile: bool = False,
+                 vision_cache: VisionCache | None = None):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.generation_config = dict(generation_config or {})
+        self.defaults = SamplingParams.from_generation_config(self.generation_config)
+        self.compile = compile
+        self.vision_cache = vision_cache
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def sampling_params(self, **overrides: Any) -> SamplingParams:
+        return self.defaults.updated(**overrides)
+
+    def _stop_ids(self) -> tuple[int, ...]:
+        return tuple(self.tokenizer.eos_token_ids)
+
+    def prepare(self, messages, *, images=(), videos=(), **processor_kwargs):
+        """messages (one conversation, a batch of them, or a prompt string) -> (processor batch, is_batch)."""
+        if isinstance(messages, str):
+            messages = as_conversation(messages, images, videos)
+        elif images or videos:
+            raise InputError("images= / videos= go with a plain string prompt; put them in the messages instead")
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise InputError(f"messages must be a non-empty list of messages or conversations, got {messages!r:.80}")
+        batch = _is_batch(messages)
+        inputs = self.processor(list(messages), add_generation_prompt=True, **processor_kwargs)
+        return inputs, batch
+
+    def generate(self, messages, *, images=(), videos=(), processor_kwargs: dict | None = None,
+                 **sampling: Any) -> list[Completion]:
+        """One Completion per conversation (a single conversation gives a list of one)."""
+        params = self.sampling_params(**sampling)
+        inputs, _ = self.prepare(messages, images=images, videos=videos, **(processor_kwargs or {}))
+        return generate_batch(self.model, self.tokenizer, inputs, params, stop_token_ids=self._stop_ids(),
+                              vision_cache=self.vision_cache, compile=self.compile)
+
+    def chat(self, messages, stream: bool = False, *, images=(), videos=(), processor_kwargs: dict | None = None,
+             **sampling: Any):
+        """Text of the answer (a list of texts for a batch). stream=True yields text deltas instead (for a batch:
+        `Delta(index, text, finish_reason)` events)."""
+        params = self.sampling_params(**sampling)
+        inputs, batch = self.prepare(messages, images=images, videos=videos, **(processor_kwargs or {}))
+        if stream:
+            events = stream_batch(self.model, self.tokenizer, inputs, params, stop_token_ids=self._stop_ids(),
+                                  vision_cache=self.vision_cache, compile=self.compile)
+            return events if batch else _texts(events)
+        done = generate_batch(self.model, self.tokenizer, inputs, params, stop_token_ids=self._stop_ids(),
+                              vision_cache=self.vision_cache, compile=self.compile)
+        return [c.text for c in done] if batch else done[0].text
+
+
+def _texts(events: Iterator[Delta]) -> Iterator[str]:
+    for event in events:
+        if event.text:
+            yield event.text

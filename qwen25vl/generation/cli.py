@@ -1,0 +1,188 @@
+"""`qwen25vl run` (one shot) and `qwen25vl chat` (a REPL on stdin).
+
+Answers stream to stdout; progress and status go to stderr. User mistakes (a missing file, a bad image, a folder
+that is not a model) become `Qwen25VLError`s, which the dispatcher prints as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qwen25vl.errors import InputError
+
+CHAT_HELP = "commands: /image PATH, /video PATH, /reset, /quit (anything else is your message)"
+
+
+def register(subparsers) -> None:
+    run = subparsers.add_parser("run", help="answer one prompt (with images / a video) and exit")
+    _common(run)
+    run.add_argument("--prompt", "-p", help="the question (default: read stdin)")
+    run.add_argument("--image", action="append", default=[], metavar="PATH", help="attach an image (repeatable)")
+    run.add_argument("--video", action="append", default=[], metavar="PATH", help="attach a video (repeatable)")
+    run.add_argument("--json", action="store_true", help="print one JSON object (text, finish_reason, token counts)")
+    run.set_defaults(func=cmd_run)
+
+    chat = subparsers.add_parser("chat", help="interactive chat on stdin; " + CHAT_HELP)
+    _common(chat)
+    chat.set_defaults(func=cmd_chat)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", help="checkpoint folder (default: the embedded tiny model)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dtype", help="float32 / bfloat16 / float16 (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--fps", type=float, help="video frames sampled per second (default 2)")
+    p.add_argument("--max-pixels", type=int, help="per image / video frame pixel budget")
+    p.add_argument("--max-new-tokens", type=int, help="default: 512")
+    p.add_argument("--temperature", type=float, help="0 = greedy (default: the checkpoint's generation_config)")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off on GPU)")
+
+
+def _sampling(args) -> dict:
+    out = {"max_new_tokens": args.max_new_tokens if args.max_new_tokens is not None else 512,
+           "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+           "repetition_penalty": args.repetition_penalty, "seed": args.seed}
+    if args.stop:
+        out["stop"] = tuple(args.stop)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _load(args):
+    from qwen25vl.api import load, model_path
+
+    model_path(args.model)  # a missing / bad folder fails here, before any import of the model code
+    print(f"loading {args.model or 'embedded tiny model'} ...", file=sys.stderr)
+    return load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+
+
+def _check_file(kind: str, path: str) -> str:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"{kind} file {path!r} does not exist")
+    if not p.is_file():
+        raise InputError(f"{kind} path {path!r} is not a file")
+    return str(p)
+
+
+def _image_part(path: str, args) -> dict:
+    part = {"type": "image", "image": _check_file("image", path)}
+    if args.max_pixels:
+        part["max_pixels"] = args.max_pixels
+    return part
+
+
+def _video_part(path: str, args) -> dict:
+    part = {"type": "video", "video": _check_file("video", path)}
+    if args.fps:
+        part["fps"] = args.fps
+    if args.max_pixels:
+        part["max_pixels"] = args.max_pixels
+    return part
+
+
+def _prepare(vlm, messages):
+    """Run the processor (video decoding shows a progress line on stderr), turning file-format failures of
+    third-party decoders into readable errors."""
+    has_video = any(isinstance(p, dict) and p.get("type") == "video" for m in messages
+                    for p in (m["content"] if isinstance(m.get("content"), list) else []))
+    try:
+        if has_video:
+            from tqdm import tqdm
+
+            with tqdm(total=1, desc="decoding video", file=sys.stderr, leave=False) as bar:
+                inputs, _ = vlm.prepare(messages)
+                bar.update(1)
+            return inputs
+        return vlm.prepare(messages)[0]
+    except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError, av's InvalidDataError, ...
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"cannot read attachment: {err}") from None
+
+
+def _answer(vlm, messages, sampling: dict, out=sys.stdout):
+    """Stream one answer to `out`; return the Completion."""
+    from qwen25vl.generation.generate import TokenGenerator, _text_events
+
+    inputs = _prepare(vlm, messages)
+    gen = TokenGenerator(vlm.model, inputs, vlm.sampling_params(**sampling), stop_token_ids=vlm._stop_ids(),
+                         vision_cache=vlm.vision_cache, compile=vlm.compile)
+    parts = []
+    for delta in _text_events(gen, vlm.tokenizer):
+        if out is not None and delta.text:
+            out.write(delta.text)
+            out.flush()
+        parts.append(delta.text)
+    return "".join(parts), gen
+
+
+def cmd_run(args) -> int:
+    prompt = args.prompt
+    if prompt is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise InputError("no --prompt given (and nothing on stdin)")
+        prompt = sys.stdin.read()
+    parts = [_image_part(p, args) for p in args.image] + [_video_part(p, args) for p in args.video]
+    sampling = _sampling(args)
+    vlm = _load(args)
+    messages = [{"role": "user", "content": parts + [{"type": "text", "text": prompt}]}]
+    text, gen = _answer(vlm, messages, sampling, out=None if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps({"text": text, "finish_reason": gen.finish_reasons[0],
+                          "prompt_tokens": int(gen.prompt_tokens[0]), "completion_tokens": len(gen.tokens[0])},
+                         ensure_ascii=False))
+    else:
+        print()
+    return 0
+
+
+def cmd_chat(args) -> int:
+    sampling = _sampling(args)
+    vlm = _load(args)
+    interactive = sys.stdin.isatty()
+    print(CHAT_HELP, file=sys.stderr)
+    history: list[dict] = []
+    attachments: list[dict] = []
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        command, _, rest = line.partition(" ")
+        try:
+            if command == "/quit":
+                break
+            if command == "/reset":
+                history, attachments = [], []
+                print("(conversation cleared)", file=sys.stderr)
+                continue
+            if command in ("/image", "/video"):
+                if not rest.strip():
+                    raise InputError(f"{command} needs a file path")
+                make = _image_part if command == "/image" else _video_part
+                attachments.append(make(rest.strip(), args))
+                print(f"(attached {rest.strip()})", file=sys.stderr)
+                continue
+            if command.startswith("/") and command not in ("//",):
+                raise InputError(f"unknown command {command!r}; {CHAT_HELP}")
+            turn = {"role": "user", "content": attachments + [{"type": "text", "text": line}]}
+            text, _ = _answer(vlm, history + [turn], sampling)
+            print()
+            history += [turn, {"role": "assistant", "content": text}]
+            attachments = []
+        except InputError as err:  # a bad attachment or command costs the turn, not the session
+            print(f"qwen25vl: error: {err}", file=sys.stderr)
+            attachments = [] if command not in ("/image", "/video") else attachments
+    return 0
