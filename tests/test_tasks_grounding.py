@@ -163,3 +163,10 @@ def test_box_iou_and_matching():
     truth = [(51, 51, 61, 61), (1, 0, 11, 10)]
     pairs = match_boxes(pred, truth, threshold=0.5)
     assert sorted((i, j) for i, j, _ in pairs) == [(0, 1), (1, 0)]
+
+
+def test_results_map_with_the_processor_resize_info_directly():
+    image_mod = pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
+    info = image_mod.ResizeInfo(original_size=(1000, 500), resized_size=(500, 250))
+    r = parse_grounding('[{"bbox_2d": [10, 20, 110, 220], "label": "cat"}]').to_original(info)
+    assert r.boxes == [(20, 40, 220, 440)] and r.frame_map == Frame((1000, 500), (500, 250))

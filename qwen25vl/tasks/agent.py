@@ -16,7 +16,7 @@ from qwen25vl.tasks._json import _decode_at
 from qwen25vl.tasks.agent_schema import (COMPUTER_ACTIONS, COMPUTER_REQUIRED, MOBILE_ACTIONS, MOBILE_BUTTONS,
                                          MOBILE_REQUIRED, STATUSES, computer_use_function, mobile_use_function,
                                          tools_system_prompt)
-from qwen25vl.tasks.coords import Frame
+from qwen25vl.tasks.coords import Frame, as_frame
 
 TOOLS = {"computer_use": (COMPUTER_ACTIONS, COMPUTER_REQUIRED, computer_use_function),
          "mobile_use": (MOBILE_ACTIONS, MOBILE_REQUIRED, mobile_use_function)}
@@ -79,6 +79,7 @@ class Action:
 
     def to_screen(self, frame: Frame) -> "Action":
         """Coordinates mapped from the resized screenshot to the screen (`frame.original_size`), rounded to pixels."""
+        frame = as_frame(frame)  # a Frame or the processor's ResizeInfo
         if self.frame != "resized":
             raise InputError(f"action is already in the {self.frame!r} frame")
 

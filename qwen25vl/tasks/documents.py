@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from qwen25vl.errors import InputError
 from qwen25vl.tasks._json import strip_fences
-from qwen25vl.tasks.coords import Frame
+from qwen25vl.tasks.coords import Frame, as_frame
 from qwen25vl.tasks.html_tree import Node, parse_html
 
 DOCUMENT_SYSTEM_PROMPT = (
@@ -196,6 +196,8 @@ class Document:
     frame_map: Frame | None = field(default=None, repr=False)  # set by `to_original`: resized <-> original sizes
 
     def to_original(self, frame: Frame) -> "Document":
+        """The same document with every box mapped from the resized frame to the original image."""
+        frame = as_frame(frame)  # a Frame or the processor's ResizeInfo
         if self.frame != "resized":
             raise InputError(f"document is already in the {self.frame!r} frame")
         blocks = [replace(b, bbox=frame.box_to_original(b.bbox) if b.bbox else None) for b in self.blocks]

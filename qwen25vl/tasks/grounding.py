@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from qwen25vl.errors import InputError
 from qwen25vl.tasks._json import extract_json_values
-from qwen25vl.tasks.coords import Frame
+from qwen25vl.tasks.coords import Frame, as_frame
 
 MODES = ("detect", "refer", "point", "count")
 _BOX_KEYS = ("bbox_2d", "bbox", "box_2d", "box")
@@ -102,6 +102,7 @@ class GroundingResult:
 
     def to_original(self, frame: Frame) -> "GroundingResult":
         """The same result with every coordinate mapped from the resized frame to the original image."""
+        frame = as_frame(frame)  # a Frame or the processor's ResizeInfo
         if self.frame != "resized":
             raise InputError(f"grounding result is already in the {self.frame!r} frame")
         items = [replace(g, bbox=frame.box_to_original(g.bbox) if g.bbox else None,
