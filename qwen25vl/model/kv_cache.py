@@ -112,8 +112,10 @@ class KVCache:
             valid = self._pending
         if valid is None:
             valid = torch.ones(self.batch, steps, dtype=torch.bool, device=self.key_valid.device)
+        if steps == 0:
+            return
         offsets = self.lengths[:, None] + torch.arange(steps, device=self.lengths.device)
-        if int(offsets.max(initial=0)) >= self.max_len and steps:
+        if int(offsets.max()) >= self.max_len:
             raise InputError(f"KV cache overflow: advancing {steps} slots past max_len {self.max_len}")
         self.key_valid.scatter_(1, offsets, valid.to(self.key_valid.device).bool())
         self.lengths += steps

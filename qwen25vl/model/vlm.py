@@ -85,6 +85,8 @@ class Qwen25VL(nn.Module):
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
         batch, steps = input_ids.shape
+        if cache is not None and cache.batch != batch:
+            raise InputError(f"the cache holds {cache.batch} rows but input_ids has {batch}")
         valid = self._valid_mask(attention_mask, batch, steps, cache)
         continuing = cache is not None and not cache.is_empty()
         cfg = self.config

@@ -1,0 +1,141 @@
+"""Our model against transformers 5.24's Qwen2_5_VLForConditionalGeneration on the same random weights.
+
+The reference is saved with its own save_pretrained and loaded into ours through our loader, so the loader, the
+config reader, the vision tower, M-RoPE and the decoder are all checked together. Each case is also shown sensitive:
+the same weights with plain 1-D positions give visibly different logits, so the M-RoPE ids really matter.
+
+transformers 5.24 builds 3-D ids only when given `mm_token_type_ids` (passed here for every case). For videos it
+places the text that follows at start + max(h, w) / 2 rather than at max id + 1 (the original release's rule, which we
+implement), so video cases feed it our ids, built by the original rule, as explicit `position_ids`; the long-video
+case also shows that its own ids differ there.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from model_helpers import (  # noqa: E402
+    build_prompt, hf_forward, left_pad_batch, make_hf_model, mm_token_type_ids, save_hf_model,
+)
+
+from qwen25vl.model.vlm import Qwen25VL  # noqa: E402
+from qwen25vl.positions import text_position_ids  # noqa: E402
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    hf = make_hf_model(tie=False, seed=1)
+    folder = save_hf_model(hf, tmp_path_factory.mktemp("hf_tiny"))
+    ours = Qwen25VL.from_pretrained(folder, dtype=torch.float32).eval()
+    return hf, ours
+
+
+def _ours(model, inputs, **kw):
+    with torch.no_grad():
+        return model(**inputs, **kw)
+
+
+def _valid(inputs):
+    mask = inputs.get("attention_mask")
+    return torch.ones_like(inputs["input_ids"], dtype=torch.bool) if mask is None else mask.bool()
+
+
+def _check(models, inputs, feed_positions=False):
+    """Parity with the reference on valid positions, and sensitivity to the M-RoPE ids."""
+    hf, ours = models
+    out = _ours(ours, inputs)
+    ref = hf_forward(hf, inputs, position_ids=out.position_ids if feed_positions else None)
+    valid = _valid(inputs)
+    diff = (out.logits - ref)[valid].abs().max().item()
+    assert diff <= TOL, f"max |logit difference| {diff:.2e} > {TOL}"
+    flat = _ours(ours, inputs, position_ids=text_position_ids(valid))
+    moved = (flat.logits - out.logits)[valid].abs().max().item()
+    assert moved > 1e-2, f"1-D positions barely change the logits ({moved:.2e}): the case tests nothing"
+    return out, ref
+
+
+def test_text_only(models):
+    hf, ours = models
+    inputs = build_prompt([23], seed=2)
+    out = _ours(ours, inputs)
+    ref = hf_forward(hf, inputs)
+    assert (out.logits - ref).abs().max().item() <= TOL
+    # Text alone is 1-D RoPE, so sensitivity here means: positions matter at all (all-zero ids change the logits).
+    zeros = torch.zeros_like(out.position_ids)
+    assert (_ours(ours, inputs, position_ids=zeros).logits - out.logits).abs().max().item() > 1e-2
+    assert out.rope_deltas.tolist() == [0]
+
+
+def test_one_image_with_partial_windows(models):
+    # 252 x 364 px -> 18 x 26 patches -> 9 x 13 merge units: windows of 4 x 4 units leave partial edge windows.
+    inputs = build_prompt([6, ("image", (1, 18, 26)), 5], seed=3)
+    out, _ = _check(models, inputs)
+    hf, _ = models
+    ref_ids, ref_deltas = hf.model.get_rope_index(
+        inputs["input_ids"], mm_token_type_ids(inputs["input_ids"]), image_grid_thw=inputs["image_grid_thw"])
+    assert torch.equal(out.position_ids, ref_ids)
+    assert out.rope_deltas.tolist() == ref_deltas.flatten().tolist()
+
+
+def test_several_images_of_different_sizes(models):
+    inputs = build_prompt([4, ("image", (1, 4, 6)), 3, ("image", (1, 8, 8)), ("image", (1, 6, 10)), 4], seed=4)
+    _check(models, inputs)
+
+
+@pytest.mark.parametrize("seconds", [0.5, 4.0], ids=["4fps", "0.5fps"])
+def test_video_fps(models, seconds):
+    inputs = build_prompt([5, ("video", (4, 6, 8), seconds), 6], seed=5)
+    out, _ = _check(models, inputs, feed_positions=True)
+    start = 6  # 5 text tokens + <vision_start>
+    step = int(seconds * 2)  # temporal ids advance by second_per_grid_t x tokens_per_second per frame group
+    temporal = out.position_ids[0, 0, start : start + 4 * 12 : 12] - start
+    assert temporal.tolist() == [0, step, 2 * step, 3 * step]
+
+
+def test_image_and_video_in_one_prompt(models):
+    inputs = build_prompt([3, ("image", (1, 6, 8)), 4, ("video", (2, 4, 6), 1.0), 3], seed=6)
+    _check(models, inputs, feed_positions=True)
+
+
+def test_left_padded_batch_of_two(models):
+    a = build_prompt([3, ("image", (1, 4, 6)), 9], seed=7)
+    b = build_prompt([2, ("image", (1, 8, 6)), 2], seed=8)
+    inputs = left_pad_batch([a, b])
+    assert inputs["attention_mask"][0, 0] == 0 or inputs["attention_mask"][1, 0] == 0
+    out, _ = _check(models, inputs)
+    # Each row equals that prompt run alone (padding changes nothing).
+    _, ours = models
+    for row, single in enumerate((a, b)):
+        alone = _ours(ours, single).logits[0]
+        n = alone.shape[0]
+        assert (out.logits[row, -n:] - alone).abs().max().item() <= TOL
+
+
+def test_long_low_resolution_video_then_text(models):
+    # 8 frame groups at 1 fps (2 s each -> temporal step 4): ids span 0..28 in time but only 0..1 in space.
+    hf, _ = models
+    inputs = build_prompt([4, ("video", (8, 4, 4), 2.0), 7], seed=9)
+    out, _ = _check(models, inputs, feed_positions=True)
+    block_start, block_len = 5, 8 * 2 * 2
+    after = out.position_ids[:, 0, block_start + block_len]  # <vision_end> right after the block
+    assert after.tolist() == [block_start + 28 + 1] * 3  # max id (temporal 28) + 1: the original rule
+    ref_ids, _ = hf.model.get_rope_index(
+        inputs["input_ids"], mm_token_type_ids(inputs["input_ids"]), video_grid_thw=inputs["video_grid_thw"],
+        second_per_grid_ts=inputs["second_per_grid_ts"])
+    assert ref_ids[0, 0, block_start + block_len].item() == block_start + 2  # transformers 5.24: start + max(h,w)/2
+
+
+def test_logits_to_keep_and_precomputed_features(models):
+    _, ours = models
+    inputs = build_prompt([4, ("image", (1, 4, 6)), 5], seed=10)
+    full = _ours(ours, inputs).logits
+    last = _ours(ours, inputs, logits_to_keep=1).logits
+    assert last.shape[1] == 1 and torch.allclose(last[:, 0], full[:, -1], atol=1e-5)
+    feats = ours.encode_images(inputs["pixel_values"], inputs["image_grid_thw"])
+    cached = {k: v for k, v in inputs.items() if k != "pixel_values"}
+    assert torch.allclose(_ours(ours, cached, image_embeds=feats).logits, full, atol=1e-5)
