@@ -1,0 +1,243 @@
+"""Video: qwen-vl-utils' sampling formulas, pixel values against a reference pipeline built here, sparse decoding.
+
+qwen-vl-utils and transformers' video processor cannot be imported here (no torchvision), so the reference is
+written in this file from their published formulas (SPEC 4, REFERENCE 4.3 / 4.5).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from qwen25vl.errors import InputError
+from qwen25vl.processing import media
+from qwen25vl.processing.image import ImageProcessorConfig
+from qwen25vl.processing.video import process_video, sample_frames, smart_nframes
+
+av = pytest.importorskip("av")
+
+
+def _frame(i, w, h):
+    # each frame distinct (a moving block and a brightness ramp) so wrong indices show up in the pixels
+    a = np.zeros((h, w, 3), np.uint8)
+    a[..., 0] = (i * 9) % 256
+    a[..., 1] = np.arange(w)[None, :] * 255 // max(w - 1, 1)
+    a[..., 2] = np.arange(h)[:, None] * 255 // max(h - 1, 1)
+    x = (i * 4) % max(w - 8, 1)
+    a[h // 4: h // 4 + 8, x: x + 8] = 255
+    return a
+
+
+def _encode(path, n, fps, w=64, h=48, gop=12):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"preset": "ultrafast", "g": str(gop)}
+        for i in range(n):
+            for p in s.encode(av.VideoFrame.from_ndarray(_frame(i, w, h), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _decode_all(path):
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def _reference_sampling(total, video_fps, fps=2.0, min_frames=4, max_frames=None, start=None, end=None):
+    """qwen-vl-utils (decord / torchcodec readers), written out literally."""
+    first, last = 0, total - 1
+    if start is not None or end is not None:
+        dur = total / video_fps
+        first = math.ceil(max(0.0, min(start, dur)) * video_fps) if start is not None else 0
+        last = min(math.floor(max(0.0, min(end, dur)) * video_fps), total - 1) if end is not None else total - 1
+        total = last - first + 1
+    min_f = math.ceil(min_frames / 2) * 2
+    max_f = math.floor((max_frames if max_frames is not None else min(768, total)) / 2) * 2
+    n = total / video_fps * fps
+    n = min(min(max(n, min_f), max_f), total)
+    n = math.floor(n / 2) * 2
+    if not (2 <= n <= total):
+        raise ValueError(n)
+    idx = torch.linspace(first, last, n).round().long().tolist()
+    return idx, n / max(total, 1e-6) * video_fps
+
+
+@pytest.mark.parametrize("video_fps", [1, 2, 4, 30])
+@pytest.mark.parametrize("seconds", [1, 2, 3, 7, 10, 61, 600, 3600, 7200])
+def test_sampling_matches_reference_formula(seconds, video_fps):
+    total = seconds * video_fps
+    try:
+        want = _reference_sampling(total, video_fps)
+    except ValueError:
+        with pytest.raises(InputError, match="need at least 2"):
+            sample_frames(total, video_fps)
+        return
+    idx, sfps = sample_frames(total, video_fps)
+    assert idx == want[0] and sfps == want[1]
+    assert len(idx) % 2 == 0 and idx[0] == 0 and idx[-1] == total - 1
+
+
+def test_sampling_hand_checked():
+    idx, sfps = sample_frames(1800, 30)  # 60 s at 30 fps
+    assert len(idx) == 120 and sfps == 2.0 and 2 / sfps == 1.0 and idx[:3] == [0, 15, 30] and idx[-1] == 1799
+    idx, sfps = sample_frames(216_000, 30)  # 2 h at 30 fps: the 768 cap
+    assert len(idx) == 768 and sfps == pytest.approx(768 / 216_000 * 30) and 2 / sfps == pytest.approx(18.75)
+    idx, sfps = sample_frames(3, 1)  # 3 s at 1 fps: floor2(min(768, 3)) = 2 frames
+    assert idx == [0, 2] and sfps == pytest.approx(2 / 3)
+    idx, sfps = sample_frames(40, 4, start=2.0, end=6.0)  # frames 8..24 (17): 8.5 -> 8 frames
+    assert idx == [8, 10, 13, 15, 17, 19, 22, 24] and sfps == pytest.approx(8 / 17 * 4)
+    assert _reference_sampling(40, 4, start=2.0, end=6.0) == (idx, sfps)
+    assert smart_nframes(100, 25, fps=1.0, min_frames=10) == 10
+    assert smart_nframes(1000, 25, fps=2.0, max_frames=15) == 14
+    with pytest.raises(InputError, match="empty time range"):
+        sample_frames(40, 4, start=5.0, end=5.1)
+
+
+def _reference_pixels(frames, rh, rw, config=ImageProcessorConfig()):
+    """qwen-vl-utils + transformers 4.x, step by step: resize, rescale, normalise, REFERENCE 4.3 flattening."""
+    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous().float()  # (T, C, H, W)
+    if x.shape[-2:] != (rh, rw):
+        x = F.interpolate(x, size=(rh, rw), mode="bicubic", align_corners=False, antialias=True)
+        x = x.clamp(0, 255).round().to(torch.uint8).float()  # torchvision's uint8 round trip, then .float()
+    v = (x.numpy().astype(np.float64) * config.rescale_factor).astype(np.float32)
+    mean = np.array(config.image_mean, np.float32)[None, :, None, None]
+    std = np.array(config.image_std, np.float32)[None, :, None, None]
+    v = (v - mean) / std
+    if v.shape[0] % 2:
+        v = np.concatenate([v, v[-1:]])
+    gt, gh, gw = v.shape[0] // 2, rh // 14, rw // 14
+    v = v.reshape(gt, 2, 3, gh // 2, 2, 14, gw // 2, 2, 14).transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return v.reshape(gt * gh * gw, 1176), (gt, gh, gw)
+
+
+@pytest.mark.parametrize("video_fps,n,kw", [
+    (4, 12, {}),  # upscaled to the video min_pixels (392 x 280)
+    (30, 45, {"max_pixels": 1600}),  # downscaled below the source size
+    (2, 7, {"min_pixels": 1, "max_pixels": 64 * 48}),  # 64x48 -> 56x28, an odd frame count
+])
+def test_pixels_match_reference_pipeline(tmp_path, video_fps, n, kw):
+    path = _encode(tmp_path / "v.mp4", n, video_fps)
+    got = process_video(str(path), **kw)
+    want_idx, want_fps = _reference_sampling(n, video_fps)
+    assert got.frame_indices == want_idx and got.sampled_fps == want_fps
+    assert got.second_per_grid_t == pytest.approx(2 / want_fps)
+    frames = [_decode_all(path)[i] for i in want_idx]
+    rw, rh = got.resize.resized_size
+    want, grid = _reference_pixels(frames, rh, rw)
+    assert got.grid_thw == grid and got.resize.original_size == (64, 48)
+    np.testing.assert_allclose(got.pixel_values.numpy(), want, rtol=0, atol=1e-6)
+    assert got.timestamps == pytest.approx([want_idx[2 * g] / video_fps for g in range(grid[0])])
+    assert got.num_tokens == grid[0] * grid[1] * grid[2] // 4
+
+
+def test_total_pixel_budget_and_user_max(tmp_path):
+    path = _encode(tmp_path / "v.mp4", 40, 4, w=320, h=240)
+    free = process_video(str(path), min_pixels=28 * 28)
+    assert free.resize.resized_size == (308, 252)  # nearest multiples of 28 (8.57 -> 9), under 768 * 28 * 28
+    # total budget 40_000 px over 20 frames: per-frame cap max(min(602112, 40000 / 20 * 2), 1.05 * 784) = 4000
+    tight = process_video(str(path), min_pixels=28 * 28, total_pixels=40_000)
+    w, h = tight.resize.resized_size
+    assert len(tight.frame_indices) == 20 and w * h <= 4000 and (w, h) == (56, 28)
+    low = process_video(str(path), min_pixels=28 * 28, max_pixels=10_000)
+    assert low.resize.resized_size[0] * low.resize.resized_size[1] <= 10_000
+
+
+class _Counting:
+    """Wraps decoded frames to count how many get converted to RGB."""
+
+    def __init__(self, frame, counter):
+        self._frame, self._counter = frame, counter
+
+    def __getattr__(self, name):
+        return getattr(self._frame, name)
+
+    def to_ndarray(self, **kw):
+        self._counter["converted"] += 1
+        return self._frame.to_ndarray(**kw)
+
+
+def test_sparse_decoding_seeks_and_converts_only_kept_frames(tmp_path, monkeypatch):
+    path = _encode(tmp_path / "long.mp4", 300, 30, gop=10)  # 10 s, a keyframe every 10 frames
+    counter = {"decoded": 0, "converted": 0}
+    original = media.VideoReader._decode
+
+    def counting(self):
+        for frame in original(self):
+            counter["decoded"] += 1
+            yield _Counting(frame, counter)
+
+    monkeypatch.setattr(media.VideoReader, "_decode", counting)
+    calls = []
+    got = process_video(str(path), fps=2.0, max_frames=8, min_pixels=1, max_pixels=64 * 48,
+                        progress=lambda done, total: calls.append((done, total)))
+    assert len(got.frame_indices) == 8 and got.frame_indices == _reference_sampling(300, 30, max_frames=8)[0]
+    assert counter["converted"] == 8
+    assert counter["decoded"] < 150, counter  # seeking skipped most of the stream
+    assert calls[-1] == (8, 8) and [c[0] for c in calls] == sorted(c[0] for c in calls)
+    everything = _decode_all(path)
+    rw, rh = got.resize.resized_size
+    want, _ = _reference_pixels([everything[i] for i in got.frame_indices], rh, rw)
+    np.testing.assert_allclose(got.pixel_values.numpy(), want, rtol=0, atol=1e-6)
+
+
+def test_start_end(tmp_path):
+    path = _encode(tmp_path / "v.mp4", 40, 4)
+    got = process_video(str(path), start=2.0, end=6.0, min_pixels=1, max_pixels=64 * 48)
+    assert got.frame_indices == [8, 10, 13, 15, 17, 19, 22, 24]
+    assert got.timestamps == [2.0, 3.25, 4.25, 5.5]
+    frames = _decode_all(path)
+    assert got.resize.resized_size == (56, 28)  # 56 x 56 would be over 64 * 48: floored
+    want, _ = _reference_pixels([frames[i] for i in got.frame_indices], 28, 56)
+    np.testing.assert_allclose(got.pixel_values.numpy(), want, rtol=0, atol=1e-6)
+
+
+def test_frame_list_with_fps(tmp_path):
+    frames = [Image.fromarray(_frame(i, 64, 48)) for i in range(3)]
+    frames[1].save(tmp_path / "f1.png")
+    got = process_video([frames[0], tmp_path / "f1.png", np.asarray(frames[2])], fps=1.0, min_pixels=1,
+                        max_pixels=64 * 48)
+    assert got.grid_thw == (2, 2, 4) and got.second_per_grid_t == 2.0 and got.timestamps == [0.0, 2.0]
+    assert got.sampled_fps == 1.0 and got.frame_indices == [0, 1, 2]
+    resized = [np.asarray(f.resize((56, 28), Image.Resampling.BICUBIC)) for f in frames]
+    want, grid = _reference_pixels(resized, 28, 56)  # padded to 4 with the last frame
+    np.testing.assert_allclose(got.pixel_values.numpy(), want, rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="frame 1.*differs"):
+        process_video([frames[0], Image.new("RGB", (10, 10))], fps=1.0)
+    with pytest.raises(InputError, match="empty list"):
+        process_video([], fps=1.0)
+
+
+def test_bad_videos(tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00\x11 this is not a video " * 50)
+    with pytest.raises(InputError, match=r"junk.mp4.*not a readable video"):
+        process_video(str(junk))
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty.mp4.*zero bytes"):
+        process_video(empty)
+    with pytest.raises(InputError, match="no such file"):
+        process_video(tmp_path / "missing.mp4")
+    for ext in ("mov", "mkv"):  # written with a video stream and zero frames
+        none = tmp_path / f"none.{ext}"
+        with av.open(str(none), "w") as c:
+            s = c.add_stream("libx264", rate=4)
+            s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+            c.start_encoding()
+        with pytest.raises(InputError, match=rf"none.{ext}.*(no video stream|no frames|not a readable video)"):
+            process_video(str(none))
+    one = _encode(tmp_path / "one.mp4", 1, 4)
+    with pytest.raises(InputError, match=r"<\d+ bytes>.*need at least 2"):
+        process_video(one.read_bytes())
+    png = tmp_path / "still.png"
+    Image.new("RGB", (8, 8)).save(png)
+    with pytest.raises(InputError):
+        process_video(str(png))
+    with pytest.raises(InputError, match="unsupported source type"):
+        process_video(3.5)
