@@ -198,3 +198,13 @@ def test_incremental_decoding_of_invalid_bytes_matches_decode(tiny_dir):
         assert "\ufffd" in tok.decode(ids)
     with pytest.raises(InputError, match="out of range"):
         tok.incremental_decoder().add(10_000)
+
+
+def test_loss_mask_with_real_vocabulary_masks_three_header_tokens(real_tok):
+    from qwen25vl.processing.chat_template import render
+
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! 你好"}]
+    rendered = render(messages, tokenizer=real_tok)
+    start = len(rendered.input_ids) - len(real_tok.encode("<|im_start|>assistant\nHello! 你好<|im_end|>\n"))
+    assert rendered.input_ids[start : start + 3] == [151644, 77091, 198]  # <|im_start|> assistant \n
+    assert rendered.loss_mask == [0] * (start + 3) + [1] * (len(rendered.input_ids) - start - 3)

@@ -7,10 +7,13 @@ Layout (the official `chat_template.json` of the Qwen2.5-VL instruct checkpoints
     text verbatim, an image as `<|vision_start|><|image_pad|><|vision_end|>`, a video with `<|video_pad|>`
     (optionally prefixed `Picture n: ` / `Video n: `);
   * `<|im_start|>assistant\\n` as generation prompt.
-The official template cannot render OpenAI function calling (it drops `tool_calls` and fails on `content: null`);
-for those we follow the official Qwen2.5 text template: a `# Tools` block appended to the system message,
-`<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>` after the assistant's content, and tool results as a
-user turn of `<tool_response>` blocks. OpenAI's `video_url` part (dropped by the official template) is a video here.
+The official template cannot render OpenAI function calling (it drops `tool_calls` and fails on `content: null`).
+When a call passes `tools` or an assistant message carries `tool_calls`, the conversation follows the official
+Qwen2.5 text template's function-calling layout instead (as Qwen-Agent, used by the Qwen2.5-VL agent cookbooks,
+formats it): a `# Tools` block appended to the system message, `<tool_call>\\n{"name": ..., "arguments": ...}\\n
+</tool_call>` after the assistant's content, and `tool` results as a user turn of `<tool_response>` blocks.
+Otherwise a `tool` message renders as the official template writes it (`<|im_start|>tool\\n...`). OpenAI's
+`video_url` part (dropped by the official template) is a video here.
 
 Loss mask: the official fine-tuning code labels each assistant turn except its `<|im_start|>assistant\\n` header,
 i.e. the answer, its `<|im_end|>` and the newline after it. The renderer knows where each answer starts and ends
@@ -141,10 +144,11 @@ def render_text(
         start = 1 if system is not None else 0
     elif first is None or first["role"] != "system":
         w.write(f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n")
+    function_calling = bool(tools) or any(m["role"] == "assistant" and m.get("tool_calls") for m in messages)
     for m in range(start, len(messages)):
         message, where = messages[m], f"messages[{m}]"
         role, content = message["role"], message.get("content")
-        if role == "tool":
+        if role == "tool" and function_calling:
             if m == 0 or messages[m - 1]["role"] != "tool":
                 w.write("<|im_start|>user")
             w.write("\n<tool_response>\n")
