@@ -179,3 +179,42 @@ def test_cli_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
         assert code == 2 and captured.err.startswith("qwen25vl: error:") and "Traceback" not in captured.err
     assert main(["parse-doc", str(src), "--format", "json", *common]) == 0
     assert isinstance(json.loads(capsys.readouterr().out)["blocks"], list)
+
+
+def test_cli_video_find_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
+    av = pytest.importorskip("av", reason="PyAV writes the test video")
+    pytest.importorskip("qwen25vl.processing.video", reason="the video processor has not landed")
+    checkpoint = pytest.importorskip("qwen25vl.testing.checkpoint", reason="the tiny checkpoint writer has not landed")
+    import numpy as np
+
+    from qwen25vl.cli import main
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=4)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for i in range(12):  # 3 s, getting brighter
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 20, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    model = checkpoint.make_tiny_checkpoint(tmp_path / "model")
+    args = ["video-find", str(path), "it gets bright", "--model", str(model), "--max-new-tokens", "8", "--json"]
+    assert main(args + ["--start", "1", "--style", "mm:ss.ff"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert isinstance(data["spans"], list) and isinstance(data["raw"], str)
+    for span in data["spans"]:  # whatever a random model says, a parsed span is shifted by the cut
+        assert span["start"] >= "00:01.00"
+
+
+def test_act_history_goes_back_to_the_model_frame():
+    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
+    answer = '<tool_call>{"name": "mobile_use", "arguments": {"action": "click", "coordinate": [100, 200]}}</tool_call>'
+    vlm = FakeVLM(answer)
+    shot = _photo((560, 1120))
+    first = act(vlm, shot, "open it", kind="mobile", max_pixels=28 * 28 * 200, screen_size=(1120, 2240))
+    act(vlm, shot, "open it", kind="mobile", max_pixels=28 * 28 * 200, screen_size=(1120, 2240),
+        history=first.actions)
+    text = vlm.calls[1][0][1]["content"][0]["text"]
+    assert 'Step 1: {"name": "mobile_use", "arguments": {"action": "click", "coordinate": [100, 200]}};' in text
+    assert first.actions[0].coordinate != (100, 200)  # the returned action itself is in screen pixels

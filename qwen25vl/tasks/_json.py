@@ -60,7 +60,7 @@ def _matching_close(text: str, start: int) -> int | None:
     return None
 
 
-def _decode_at(text: str, pos: int):
+def decode_value_at(text: str, pos: int):
     """Decode one JSON (or Python-literal) value starting at `pos`: (value, end) or None when it is unfinished/bad."""
     try:
         return _DECODER.raw_decode(text, pos)
@@ -86,7 +86,7 @@ def _decode_list_prefix(text: str, pos: int) -> tuple[list, int, bool]:
             return items, i, False
         if text[i] == "]":
             return items, i + 1, True
-        decoded = _decode_at(text, i)
+        decoded = decode_value_at(text, i)
         if decoded is None:
             return items, len(text), False
         value, i = decoded
@@ -104,7 +104,7 @@ def extract_json_values(text: str) -> Extracted:
             break
         start = min(starts)
         prose.append(body[i:start])
-        decoded = _decode_at(body, start)
+        decoded = decode_value_at(body, start)
         if decoded is not None:
             out.values.append(decoded[0])
             i = decoded[1]

@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 
 from qwen25vl.errors import InputError
-from qwen25vl.tasks._json import _decode_at
+from qwen25vl.tasks._json import decode_value_at
 from qwen25vl.tasks.agent_schema import (COMPUTER_ACTIONS, COMPUTER_REQUIRED, MOBILE_ACTIONS, MOBILE_BUTTONS,
                                          MOBILE_REQUIRED, STATUSES, computer_use_function, mobile_use_function,
                                          tools_system_prompt)
@@ -93,6 +93,16 @@ class Action:
         return replace(self, coordinate=scale(self.coordinate), coordinate2=scale(self.coordinate2), frame="screen")
 
 
+def history_in_model_frame(item, frame: Frame):
+    """A history step as the model wrote it: screen-frame actions go back to the model's (resized) pixels."""
+    if isinstance(item, Action) and item.frame == "screen":
+        def back(p):
+            return None if p is None else tuple(round(v) for v in frame.to_resized(*p))
+
+        return replace(item, coordinate=back(item.coordinate), coordinate2=back(item.coordinate2), frame="resized")
+    return item
+
+
 def _point(value, name: str, action: str):
     if isinstance(value, str):
         value = re.findall(r"-?\d+(?:\.\d+)?", value)
@@ -167,7 +177,7 @@ def parse_tool_calls(text: str) -> list[dict]:
     for match in _TOOL_CALL.finditer(text):
         body = match.group(1).strip()
         start = body.find("{")
-        decoded = _decode_at(body, start) if start >= 0 else None
+        decoded = decode_value_at(body, start) if start >= 0 else None
         if decoded is None or not isinstance(decoded[0], dict):
             raise ActionError(f"<tool_call> content is not a JSON object: {body[:120]!r}")
         calls.append(decoded[0])

@@ -28,8 +28,8 @@ _NUMBER_WORDS = {w: i for i, w in enumerate("zero one two three four five six se
 
 
 def grounding_prompt(query: str, mode: str = "detect") -> str:
-    """The user prompt, in the phrasings of the official spatial-understanding cookbook, for one `mode`:
-    detect (every instance of a category), refer (one described object), point, count."""
+    """The user prompt for one `mode`: detect (every instance of a category) and refer (one described object) use
+    the official spatial-understanding cookbook's phrasings; point and count follow the same pattern."""
     query = query.strip()
     if not query:
         raise InputError("grounding query is empty")

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from qwen25vl.errors import InputError
-from qwen25vl.tasks.agent import Action, agent_system_prompt, agent_user_prompt, parse_actions, tool_name
+from qwen25vl.tasks.agent import (Action, history_in_model_frame, agent_system_prompt, agent_user_prompt, parse_actions,
+                                  tool_name)
 from qwen25vl.tasks.coords import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, Frame, as_frame
 from qwen25vl.tasks.documents import DOCUMENT_PROMPT, DOCUMENT_SYSTEM_PROMPT, Document, parse_qwenvl_html
 from qwen25vl.tasks.grounding import GroundingResult, grounding_prompt, parse_grounding
@@ -116,11 +117,13 @@ def act(vlm, screenshot, instruction: str, *, kind: str = "computer", history: l
         screen_size: tuple[int, int] | None = None, min_pixels: int | None = None, max_pixels: int | None = None,
         **sampling) -> AgentStep:
     """One agent step on `screenshot`: actions with coordinates on the real screen (`screen_size`, default the
-    screenshot's own size)."""
+    screenshot's own size). `history`: earlier steps (the `Action`s returned before, or tool-call dicts in the
+    model's pixels); the user turn lists them as the cookbook does, then the screenshot."""
     tool = tool_name(kind)
-    message, frame, _ = _image_turn(vlm, screenshot, agent_user_prompt(instruction, history), min_pixels, max_pixels)
-    message["content"].reverse()  # the cookbook puts the task text before the screenshot
+    message, frame, _ = _image_turn(vlm, screenshot, "", min_pixels, max_pixels)
+    screen = Frame(tuple(screen_size), frame.resized_size) if screen_size else frame
+    steps = [history_in_model_frame(h, screen) for h in history or ()]  # earlier steps in the model's own pixels
+    message["content"] = [{"type": "text", "text": agent_user_prompt(instruction, steps)}, message["content"][0]]
     system = {"role": "system", "content": agent_system_prompt(tool, frame.resized_size)}
     raw = _chat(vlm, [system, message], sampling)
-    screen = Frame(tuple(screen_size), frame.resized_size) if screen_size else frame
     return AgentStep([a.to_screen(screen) for a in parse_actions(raw, tool=tool)], raw, screen)
