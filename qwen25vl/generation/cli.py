@@ -89,23 +89,26 @@ def _video_part(path: str, args) -> dict:
 
 
 def _prepare(vlm, messages):
-    """Run the processor (video decoding shows a progress line on stderr), turning file-format failures of
-    third-party decoders into readable errors."""
-    has_video = any(isinstance(p, dict) and p.get("type") == "video" for m in messages
-                    for p in (m["content"] if isinstance(m.get("content"), list) else []))
-    try:
-        if has_video:
-            from tqdm import tqdm
+    """Run the processor (video decoding shows a tqdm bar on stderr), turning file-format failures of third-party
+    decoders into readable errors."""
+    from tqdm import tqdm
 
-            with tqdm(total=1, desc="decoding video", file=sys.stderr, leave=False) as bar:
-                inputs, _ = vlm.prepare(messages)
-                bar.update(1)
-            return inputs
-        return vlm.prepare(messages)[0]
+    bars: list = []
+
+    def progress(done: int, total: int) -> None:  # the video decoder reports frames as it goes
+        if not bars:
+            bars.append(tqdm(total=total, desc="decoding video", unit="frame", file=sys.stderr, leave=False))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        return vlm.prepare(messages, video_options={"progress": progress})[0]
+    except InputError:
+        raise
     except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError, av's InvalidDataError, ...
-        if isinstance(err, InputError):
-            raise
         raise InputError(f"cannot read attachment: {err}") from None
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def _answer(vlm, messages, sampling: dict, out=sys.stdout):
