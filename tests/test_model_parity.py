@@ -139,3 +139,44 @@ def test_logits_to_keep_and_precomputed_features(models):
     feats = ours.encode_images(inputs["pixel_values"], inputs["image_grid_thw"])
     cached = {k: v for k, v in inputs.items() if k != "pixel_values"}
     assert torch.allclose(_ours(ours, cached, image_embeds=feats).logits, full, atol=1e-5)
+
+
+def test_packed_sequences_equal_separate_runs(models):
+    # Training packs samples into one row; cu_seqlens keeps attention and positions inside each sample.
+    _, ours = models
+    a = build_prompt([3, ("image", (1, 4, 6)), 5], seed=11)
+    b = build_prompt([7], seed=12)
+    c = build_prompt([2, ("video", (2, 4, 4), 0.5), 3], seed=13)
+    packed = {
+        "input_ids": torch.cat([a["input_ids"], b["input_ids"], c["input_ids"]], dim=1),
+        "pixel_values": a["pixel_values"], "image_grid_thw": a["image_grid_thw"],
+        "pixel_values_videos": c["pixel_values_videos"], "video_grid_thw": c["video_grid_thw"],
+        "second_per_grid_ts": c["second_per_grid_ts"],
+    }
+    lengths = [p["input_ids"].shape[1] for p in (a, b, c)]
+    cu = torch.tensor([0, lengths[0], lengths[0] + lengths[1], sum(lengths)], dtype=torch.int32)
+    out = _ours(ours, packed, cu_seqlens=cu)
+    start = 0
+    for single, n in zip((a, b, c), lengths):
+        alone = _ours(ours, single)
+        assert (out.logits[0, start : start + n] - alone.logits[0]).abs().max().item() <= TOL
+        assert torch.equal(out.position_ids[:, 0, start : start + n], alone.position_ids[:, 0])
+        start += n
+    # Given position ids (the training collator's) are used as they are.
+    again = _ours(ours, packed, position_ids=out.position_ids, cu_seqlens=cu)
+    assert torch.equal(again.logits, out.logits)
+
+
+def test_token_feature_mismatch_names_both_counts(models):
+    from qwen25vl.errors import InputError
+
+    _, ours = models
+    inputs = build_prompt([3, ("image", (1, 4, 6)), 2], seed=14)  # 6 image tokens
+    short = dict(inputs, input_ids=torch.cat([inputs["input_ids"][:, :5], inputs["input_ids"][:, 6:]], dim=1))
+    feats = ours.encode_images(inputs["pixel_values"], inputs["image_grid_thw"])
+    with pytest.raises(InputError, match=r"5 image tokens in input_ids, image features of shape \(6, 64\)"):
+        _ours(ours, {"input_ids": short["input_ids"]}, image_embeds=feats)
+    with pytest.raises(InputError, match="6 image tokens but no image features"):
+        _ours(ours, {"input_ids": inputs["input_ids"]})
+    with pytest.raises(InputError, match="without image_grid_thw"):
+        _ours(ours, {"input_ids": inputs["input_ids"], "pixel_values": inputs["pixel_values"]})
