@@ -83,10 +83,12 @@ def test_truncated_answer_keeps_blocks_and_flags():
     assert doc.blocks[-1].text == "cut mid sen" and doc.blocks[-1].bbox == (1, 2, 3, 4)
 
 
-@pytest.mark.parametrize("garbage", ["", "I can't read this image.", "<<<>>>", "```html\n```", "</p></div>"])
+@pytest.mark.parametrize("garbage", ["", "I can't read this image.", "<<<>>>", "```html\n```", "</p></div>",
+                                     "<div>" * 3000, "<table><tr><td>" * 1000])
 def test_garbage_gives_no_blocks_or_plain_text(garbage):
     doc = parse_qwenvl_html(garbage)
-    assert all(b.type == "text" and b.bbox is None for b in doc.blocks)
+    assert all(b.bbox is None for b in doc.blocks) and all(b.text == "" for b in doc.blocks if b.type != "text")
+    doc.to_markdown()
     assert doc.to_json()["blocks"] == [b.to_dict() for b in doc.blocks]
 
 

@@ -44,7 +44,8 @@ def test_points_swapped_corners_and_nested_objects_key():
 
 
 @pytest.mark.parametrize("garbage", ["", "I cannot see any cats.", "```json\n```", "{{{{", "[1, 2, 3]",
-                                     "[oops] {not json}", '{"bbox_2d": "none"}'])
+                                     "[oops] {not json}", '{"bbox_2d": "none"}', "[" * 3000, '{"a": [' * 2000,
+                                     "[" * 900 + "]" * 900])
 def test_garbage_gives_an_empty_result_not_an_exception(garbage):
     r = parse_grounding(garbage)
     assert r.items == [] and r.count == 0

@@ -64,7 +64,7 @@ def decode_value_at(text: str, pos: int):
     """Decode one JSON (or Python-literal) value starting at `pos`: (value, end) or None when it is unfinished/bad."""
     try:
         return _DECODER.raw_decode(text, pos)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # garbage such as "[[[[..." nests past the stack
         pass
     end = _matching_close(text, pos)
     if end is None:

@@ -142,12 +142,15 @@ def _item_from_dict(d: dict) -> Grounding | None:
 
 
 def _flatten(values) -> list:
-    out = []
-    for v in values:
+    """Candidate objects from nested lists and one-key wrappers ({"objects": [...]}), in order; iterative, since
+    garbage answers can nest arbitrarily deep."""
+    out, stack = [], list(reversed(values))
+    while stack:
+        v = stack.pop()
         if isinstance(v, list):
-            out.extend(_flatten(v))
-        elif isinstance(v, dict) and not any(k in v for k in _BOX_KEYS + _POINT_KEYS) and len(v) == 1:
-            out.extend(_flatten(list(v.values())))  # {"objects": [...]}
+            stack.extend(reversed(v))
+        elif isinstance(v, dict) and len(v) == 1 and not any(k in v for k in _BOX_KEYS + _POINT_KEYS):
+            stack.extend(reversed(list(v.values())))
         else:
             out.append(v)
     return out

@@ -11,6 +11,7 @@ import html
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
+MAX_DEPTH = 128  # real documents nest a few levels; garbage like "<div>" * 5000 must not overflow the recursion
 INLINE = frozenset("a abbr b code em font i mark s small span strong sub sup u".split())
 VOID = frozenset("area base br col embed hr img input link meta source track wbr".split())
 # Tags that implicitly end an open sibling of the same kind (`<li>a<li>b`, `<td>1<td>2`, `<p>x<p>y`).
@@ -90,7 +91,7 @@ class _Builder(HTMLParser):
                     break
         node = Node(tag, dict(attrs), parent=self.stack[-1])
         self.stack[-1].children.append(node)
-        if tag not in VOID:
+        if tag not in VOID and len(self.stack) < MAX_DEPTH:  # deeper tags become leaves: the walks stay in stack
             self.stack.append(node)
 
     def handle_startendtag(self, tag, attrs):
