@@ -147,7 +147,7 @@ def create_app(vlm, settings: ServeSettings = ServeSettings(), *, defaults: Opti
         params = sampling_params(req, defaults, settings)
         inputs = await run_in_threadpool(prepare, req)
         json_mode = req.response_format is not None and req.response_format.type == "json_object"
-        gen = GenRequest(inputs=inputs, params=params, n=req.n, json_mode=json_mode,
+        gen = GenRequest(inputs=inputs, params=params, n=req.n, json_mode=json_mode, ignore_eos=req.ignore_eos,
                          timeout=settings.request_timeout, loop=asyncio.get_running_loop(), queue=asyncio.Queue())
         try:
             scheduler.submit(gen)

@@ -14,6 +14,7 @@ import torch
 
 from qwen25vl.errors import InputError
 from qwen25vl.processing.media import load_image
+from qwen25vl.processing.video import VIDEO_MIN_PIXELS
 from qwen25vl.serve.fetch import MediaFetcher
 from qwen25vl.serve.schemas import (
     ChatMessage, ImagePart, ImageURL, ImageURLPart, TextPart, VideoPart, VideoURL, VideoURLPart, VisionOptions,
@@ -52,9 +53,15 @@ def _check_pixels(options: dict[str, Any], limits: Limits, what: str) -> dict[st
 
 
 def _image(source: str, options: dict, fetcher: MediaFetcher, limits: Limits, what: str) -> dict[str, Any]:
-    data = fetcher.load(source, what)
-    image = load_image(data, max_image_pixels=limits.max_decoded_pixels)
-    return {"type": "image", "image": image, **_check_pixels(options, limits, what)}
+    pixels = _check_pixels(options, limits, what)  # before any fetching: a refused request costs nothing
+    return {"type": "image", "image": _decode(fetcher.load(source, what), limits, what), **pixels}
+
+
+def _decode(data, limits: Limits, what: str):
+    try:
+        return load_image(data, max_image_pixels=limits.max_decoded_pixels)
+    except InputError as err:
+        raise InputError(f"{what}: {err}") from None
 
 
 def _video(source: Union[str, list[str]], options: dict, fetcher: MediaFetcher, limits: Limits,
@@ -68,10 +75,13 @@ def _video(source: Union[str, list[str]], options: dict, fetcher: MediaFetcher, 
             raise LimitError(f"{what}: {len(source)} frames is over the server limit max_frames={limits.max_frames}")
         if not source:
             raise InputError(f"{what}: the frame list is empty")
-        part["video"] = [load_image(fetcher.load(frame, f"{what} frame {i}"),
-                                    max_image_pixels=limits.max_decoded_pixels) for i, frame in enumerate(source)]
+        part["video"] = [_decode(fetcher.load(frame, f"{what} frame {i}"), limits, f"{what} frame {i}")
+                         for i, frame in enumerate(source)]
     else:
         part["video"] = fetcher.load(source, what)
+    if "min_pixels" not in part:  # the video default (128 tokens a frame) may sit above the server's per-frame cap
+        part["min_pixels"] = min(VIDEO_MIN_PIXELS, part["max_pixels"])
+    if not isinstance(source, list):
         part["max_frames"] = max_frames or limits.max_frames
     for name in ("fps", "min_frames", "total_pixels", "video_start", "video_end"):
         if options.get(name) is not None:

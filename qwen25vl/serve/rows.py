@@ -38,6 +38,7 @@ class GenRequest:
     params: SamplingParams  # max_new_tokens = the request's max_tokens
     n: int = 1
     json_mode: bool = False
+    ignore_eos: bool = False
     timeout: float = 600.0
     loop: Optional[asyncio.AbstractEventLoop] = None
     queue: Optional[asyncio.Queue] = None
@@ -85,8 +86,10 @@ class Row:
         self.params = params.updated(seed=seed) if seed is not None else params
         self.generator = make_generator(seed, device) if not params.greedy else None
         self.stream = TextStream(tokenizer, params.stop)
-        self.stop_ids = frozenset(eos_ids) | frozenset(params.stop_token_ids)
-        self.json = JsonConstraint(json_table, tuple(self.stop_ids)) if request.json_mode else None
+        # ignore_eos: the defaults' stop_token_ids are the checkpoint's EOS ids too, so none of them stop the row
+        self.stop_ids = frozenset() if request.ignore_eos else frozenset(eos_ids) | frozenset(params.stop_token_ids)
+        json_end = tuple(self.stop_ids) or tuple(eos_ids)
+        self.json = JsonConstraint(json_table, json_end) if request.json_mode else None
         self.generated = 0
         self.last_token = -1
         self.finish_reason: Optional[str] = None

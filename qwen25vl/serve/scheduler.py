@@ -46,8 +46,6 @@ class Scheduler:
         self.vision_cache = VisionCache(vision_cache_bytes) if vision_cache_bytes > 0 else None
         self.device = model.model.embed_tokens.weight.device
         self.vocab_size = model.lm_head.weight.shape[0] if hasattr(model, "lm_head") else model.config.text.vocab_size
-        # Ids past the tokenizer's vocabulary are padded embedding rows: never sampled (they have no text).
-        self.text_vocab = min(getattr(tokenizer, "vocab_size", self.vocab_size), self.vocab_size)
         self.eos_ids = tuple(getattr(tokenizer, "eos_token_ids", ()) or (model.config.eos_token_id,))
         self._json_table = None
         self._waiting: collections.deque[GenRequest] = collections.deque()
@@ -215,9 +213,6 @@ class Scheduler:
 
     def _sample(self, rows: list[Row], logits: torch.Tensor) -> list[int]:
         """logits (B, V) -> one token per row: shared greedy argmax where possible, else each row on its own."""
-        if self.text_vocab < logits.shape[-1]:
-            logits = logits.clone()
-            logits[:, self.text_vocab:] = float("-inf")
         tokens = logits.argmax(-1).tolist()
         for i, row in enumerate(rows):
             if not row.needs_own_sampling:

@@ -95,6 +95,7 @@ class ChatCompletionRequest(_Lenient):
     top_p: Optional[float] = Field(default=None, gt=0, le=1)
     top_k: Optional[int] = Field(default=None, ge=0)  # extension (vLLM's)
     repetition_penalty: Optional[float] = Field(default=None, gt=0)  # extension (vLLM's)
+    ignore_eos: bool = False  # extension (vLLM's): generate max_tokens tokens (benchmarks)
     n: int = Field(default=1, ge=1)
     stop: Union[str, list[str], None] = None
     seed: Optional[int] = None

@@ -1,0 +1,295 @@
+"""The OpenAI-compatible server, end to end: the official `openai` client against uvicorn on 127.0.0.1 (free port),
+serving a random tiny checkpoint. Greedy answers must equal the Python API's; batching must not change them."""
+
+import asyncio
+import base64
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+import qwen25vl  # noqa: E402
+from qwen25vl.serve.app import create_app  # noqa: E402
+from qwen25vl.serve.background import BackgroundServer  # noqa: E402
+from qwen25vl.serve.settings import Limits, ServeSettings  # noqa: E402
+from qwen25vl.testing.checkpoint import make_tiny_checkpoint  # noqa: E402
+
+KEY = "test-key"
+NAME = "tiny-vl"
+LIMITS = Limits(max_image_pixels=56 * 84, max_frames=8, max_prompt_tokens=400, max_tokens=2048)
+
+
+def _png(seed: int, size=(84, 56)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _write_mp4(path, frames: int = 8, fps: int = 4, size: int = 56):
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for i in range(frames):
+            frame = np.full((size, size, 3), (i * 30) % 256, np.uint8)
+            frame[: size // 2, : size // 2] = 255 - (i * 30) % 256
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory):
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=1)  # seed 1: varied greedy text
+    return qwen25vl.load(folder)
+
+
+@pytest.fixture(scope="module")
+def media_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("media")
+    _write_mp4(root / "clip.mp4")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(vlm, media_root):
+    settings = ServeSettings(model_name=NAME, api_key=KEY, local_roots=(media_root,), limits=LIMITS)
+    app = create_app(vlm, settings)
+    with BackgroundServer(app) as srv:
+        srv.scheduler = app.state.scheduler
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+EXTENSIONS = ("top_k", "ignore_eos", "repetition_penalty")
+
+
+def _ask(client, messages, **kw):
+    kw.setdefault("temperature", 0)
+    kw.setdefault("max_tokens", 12)
+    extra = {k: kw.pop(k) for k in EXTENSIONS if k in kw}  # ours (vLLM's names): the client sends them as extra_body
+    if extra:
+        kw["extra_body"] = extra
+    return client.chat.completions.create(model=NAME, messages=messages, **kw)
+
+
+def _user(*parts):
+    return [{"role": "user", "content": list(parts)}]
+
+
+def test_models_health_and_auth(server, client):
+    assert [m.id for m in client.models.list()] == [NAME]
+    health = httpx.get(server.url + "/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    bad = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    with pytest.raises(openai.AuthenticationError):
+        _ask(bad, [{"role": "user", "content": "hi"}])
+
+
+def test_text_greedy_equals_python_api(client, vlm):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name three colours."}]
+    got = _ask(client, messages, max_tokens=16)
+    want = vlm.chat(messages, temperature=0, max_new_tokens=16)
+    assert got.choices[0].message.content == want and want.strip()
+    prompt_len = vlm.processor(messages, add_generation_prompt=True)["input_ids"].shape[1]
+    assert got.usage.prompt_tokens == prompt_len
+    assert got.usage.completion_tokens == 16 or got.choices[0].finish_reason == "stop"
+    assert got.usage.total_tokens == got.usage.prompt_tokens + got.usage.completion_tokens
+
+
+def test_image_data_url_counts_vision_tokens(client, vlm):
+    image = _png(0)
+    got = _ask(client, _user({"type": "image_url", "image_url": {"url": _data_url(image)}},
+                             {"type": "text", "text": "What is this?"}))
+    api_messages = _user({"type": "image", "image": image, "max_pixels": LIMITS.max_image_pixels},
+                         {"type": "text", "text": "What is this?"})
+    assert got.choices[0].message.content == vlm.chat(api_messages, temperature=0, max_new_tokens=12)
+    assert got.usage.prompt_tokens_details.image_tokens == (56 // 28) * (84 // 28)
+    text_only = _ask(client, [{"role": "user", "content": "What is this?"}])
+    # the image adds its pad tokens plus <|vision_start|> and <|vision_end|>
+    assert got.usage.prompt_tokens == text_only.usage.prompt_tokens + 6 + 2
+
+
+def test_per_item_pixel_limits_change_the_tokens(client):
+    def image_tokens(size, **opts):
+        part = {"type": "image_url", "image_url": {"url": _data_url(_png(1, size=size)), **opts}}
+        return _ask(client, _user(part), max_tokens=1).usage.prompt_tokens_details.image_tokens
+
+    assert image_tokens((84, 56)) == 6
+    assert image_tokens((84, 56), max_pixels=56 * 56) == 2  # scaled down to 56 x 28
+    assert image_tokens((28, 28)) == 4  # the checkpoint's min_pixels (56 x 56) scales it up
+    assert image_tokens((28, 28), min_pixels=28 * 28) == 1
+
+
+def test_video_file_and_frame_list(client, vlm, media_root):
+    opts = {"fps": 2.0, "min_pixels": 28 * 28, "max_pixels": 56 * 56}
+    got = _ask(client, _user({"type": "video_url", "video_url": {"url": "clip.mp4", **opts}},
+                             {"type": "text", "text": "What happens?"}))
+    api_messages = _user({"type": "video", "video": str(media_root / "clip.mp4"), "max_frames": LIMITS.max_frames,
+                          **opts}, {"type": "text", "text": "What happens?"})
+    assert got.choices[0].message.content == vlm.chat(api_messages, temperature=0, max_new_tokens=12)
+    assert got.usage.prompt_tokens_details.video_tokens == 2 * 2 * 2  # 4 frames at 2 fps -> t=2, 56x56 -> 2x2
+
+    frames = [_png(10 + i, size=(56, 56)) for i in range(4)]
+    got = _ask(client, _user({"type": "video", "video": [_data_url(f) for f in frames], **opts},
+                             {"type": "text", "text": "What happens?"}))
+    api_messages = _user({"type": "video", "video": frames, **opts}, {"type": "text", "text": "What happens?"})
+    assert got.choices[0].message.content == vlm.chat(api_messages, temperature=0, max_new_tokens=12)
+    assert got.usage.prompt_tokens_details.video_tokens == 8
+
+
+def test_streaming_equals_plain_and_reports_usage(client):
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    plain = _ask(client, messages, max_tokens=20)
+    chunks = list(_ask(client, messages, max_tokens=20, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        plain.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_stop_strings_and_sampling_options(client):
+    messages = [{"role": "user", "content": "Count."}]
+    full = _ask(client, messages, max_tokens=20, ignore_eos=True).choices[0].message.content
+    stop = full[6:9]
+    cut = _ask(client, messages, max_tokens=20, stop=[stop], ignore_eos=True).choices[0]
+    assert cut.message.content == full[: full.find(stop)] and cut.finish_reason == "stop"
+
+    sampled = dict(temperature=1.0, top_p=1.0, top_k=0, n=3, seed=7, max_tokens=10, ignore_eos=True)
+    first, again = _ask(client, messages, **sampled), _ask(client, messages, **sampled)
+    texts = [c.message.content for c in first.choices]
+    assert texts == [c.message.content for c in again.choices]  # seeded: reproducible
+    assert len(set(texts)) > 1  # the n choices differ
+    assert first.usage.completion_tokens == 30
+
+
+def test_json_object_response_format(client):
+    for seed in range(3):
+        got = _ask(client, [{"role": "user", "content": f"Give JSON {seed}."}], temperature=1.0, top_k=0, top_p=1.0,
+                   seed=seed, max_tokens=24, response_format={"type": "json_object"})
+        assert isinstance(json.loads(got.choices[0].message.content), dict)
+
+
+@pytest.mark.parametrize("part,match", [
+    ({"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"not a png").decode()}},
+     r"messages\[0\]\.content\[0\]"),
+    ({"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}, "base64"),
+    ({"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}}, "loopback"),
+    ({"type": "image_url", "image_url": {"url": "/etc/passwd"}}, "outside the allowed roots"),
+    ({"type": "image_url", "image_url": {"url": "AAAA"}, "max_pixels": 10**7}, "max_image_pixels"),
+    ({"type": "video", "video": ["x"] * 9}, "max_frames"),
+])
+def test_bad_items_are_400s_naming_the_problem(client, part, match):
+    with pytest.raises(openai.BadRequestError, match=match):
+        _ask(client, _user(part, {"type": "text", "text": "hi"}))
+
+
+def test_limits_and_unknown_model(client):
+    with pytest.raises(openai.BadRequestError, match="max_prompt_tokens=400"):
+        _ask(client, [{"role": "user", "content": "word " * 500}])
+    with pytest.raises(openai.BadRequestError, match="max_tokens=2048"):
+        _ask(client, [{"role": "user", "content": "hi"}], max_tokens=5000)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model=NAME, messages=[])
+
+
+def test_32_concurrent_clients_all_answered_and_batched(server, client):
+    prompts = [f"Question number {i}?" for i in range(4)]
+    want = {p: _ask(client, [{"role": "user", "content": p}], max_tokens=8).choices[0].message.content
+            for p in prompts}
+    async_client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+    async def one(i):
+        r = await async_client.chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": prompts[i % 4]}], temperature=0, max_tokens=8)
+        return prompts[i % 4], r.choices[0].message.content
+
+    async def main():
+        try:
+            return await asyncio.gather(*(one(i) for i in range(32)))
+        finally:
+            await async_client.close()
+
+    before = server.scheduler.max_rows_seen
+    server.scheduler.max_rows_seen = 0
+    results = asyncio.run(main())
+    assert len(results) == 32
+    assert all(text == want[p] for p, text in results)  # batched decoding answers as one-by-one does
+    assert server.scheduler.max_rows_seen > 1  # requests really shared decode steps
+    server.scheduler.max_rows_seen = max(before, server.scheduler.max_rows_seen)
+
+
+def test_client_dropped_mid_stream_frees_its_slot(server, client):
+    body = {"model": NAME, "messages": [{"role": "user", "content": "Go on forever."}], "stream": True,
+            "max_tokens": 2000, "ignore_eos": True, "temperature": 0}
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", server.url + "/v1/chat/completions", json=body,
+                         headers={"Authorization": f"Bearer {KEY}"}) as response:
+            assert response.status_code == 200
+            seen = 0
+            for line in response.iter_lines():
+                if line.startswith("data: ") and '"content"' in line:
+                    seen += 1
+                if seen >= 3:
+                    break
+    deadline = time.monotonic() + 5
+    while server.scheduler.running_rows and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.scheduler.running_rows == 0
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    assert _ask(client, [{"role": "user", "content": "still there?"}], max_tokens=4).choices[0].message.content
+
+
+def test_full_queue_is_429_and_timeouts_are_504(vlm):
+    settings = ServeSettings(model_name=NAME, max_batch=1, max_queue=1, request_timeout=1.0, limits=LIMITS)
+    with BackgroundServer(create_app(vlm, settings)) as srv:
+        client = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=30)
+
+        async def one(delay):
+            await asyncio.sleep(delay)
+            try:
+                await client.chat.completions.create(
+                    model=NAME, messages=[{"role": "user", "content": "long"}], max_tokens=2000,
+                    extra_body={"ignore_eos": True})
+                return "ok"
+            except openai.RateLimitError as err:
+                assert "max_queue=1" in str(err)
+                return 429
+            except openai.InternalServerError as err:
+                assert err.status_code == 504 and "request_timeout=1.0" in str(err)
+                return 504
+
+        async def main():
+            try:
+                return await asyncio.gather(*(one(0.05 * i) for i in range(4)))
+            finally:
+                await client.close()
+
+        outcomes = asyncio.run(main())
+    assert outcomes.count(429) >= 1 and outcomes.count(504) >= 1, outcomes
