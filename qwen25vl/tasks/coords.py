@@ -80,7 +80,7 @@ def resized_size_for(original_size, *, min_pixels: int = DEFAULT_MIN_PIXELS, max
 
 
 def as_frame(frame=None, *, original_size=None, resized_size=None, min_pixels: int | None = None,
-             max_pixels: int | None = None) -> Frame:
+             max_pixels: int | None = None, factor: int = 28) -> Frame:
     """A `Frame` from a `Frame`, a processor `ResizeInfo` (anything with original_size / resized_size), or sizes;
     with only `original_size`, the resized size is computed by `smart_resize` with the given (or default) limits."""
     if frame is not None:
@@ -94,7 +94,7 @@ def as_frame(frame=None, *, original_size=None, resized_size=None, min_pixels: i
         raise InputError("a coordinate frame needs a ResizeInfo or original_size")
     if resized_size is None:
         resized_size = resized_size_for(original_size, min_pixels=min_pixels or DEFAULT_MIN_PIXELS,
-                                        max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+                                        max_pixels=max_pixels or DEFAULT_MAX_PIXELS, factor=factor)
     return Frame(tuple(original_size), tuple(resized_size))
 
 

@@ -42,7 +42,10 @@ def _image_turn(vlm, image, text: str, min_pixels, max_pixels):
 
     pil = load_image(image)
     lo, hi = _limits(vlm, min_pixels, max_pixels)
-    frame = as_frame(original_size=pil.size, min_pixels=lo, max_pixels=hi)
+    # the processor's resize step (patch 14 x merge 2 = 28 for every released checkpoint)
+    config = getattr(getattr(vlm, "processor", None), "image_config", None)
+    factor = int(getattr(config, "factor", 28))
+    frame = as_frame(original_size=pil.size, min_pixels=lo, max_pixels=hi, factor=factor)
     content = [{"type": "image", "image": pil, "min_pixels": lo, "max_pixels": hi}, {"type": "text", "text": text}]
     return {"role": "user", "content": content}, frame, pil
 
