@@ -218,3 +218,33 @@ def test_act_history_goes_back_to_the_model_frame():
     text = vlm.calls[1][0][1]["content"][0]["text"]
     assert 'Step 1: {"name": "mobile_use", "arguments": {"action": "click", "coordinate": [100, 200]}};' in text
     assert first.actions[0].coordinate != (100, 200)  # the returned action itself is in screen pixels
+
+
+class ProcessorOnlyVLM(FakeVLM):
+    """A stand-in whose chat() runs the real processor on the messages (so the test sees the grid the model gets)."""
+
+    def __init__(self, answer, processor, **limits):
+        super().__init__(answer)
+        self.processor = processor
+        self.limits = limits
+        self.grids = []
+
+    def chat(self, messages, **sampling):
+        batch = self.processor(messages, add_generation_prompt=True, **self.limits)
+        self.grids.append(tuple(int(v) for v in batch["image_grid_thw"][0]))
+        return super().chat(messages, **sampling)
+
+
+@pytest.mark.parametrize("size", [(1000, 700), (45, 300), (333, 333)])
+def test_wrapper_frame_equals_the_real_processors_grid(tmp_path, size):
+    proc_mod = pytest.importorskip("qwen25vl.processing.processor", reason="the processor has not landed")
+    from qwen25vl.testing.tokenizer import write_tiny_tokenizer
+
+    processor = proc_mod.Processor.from_pretrained(write_tiny_tokenizer(tmp_path))
+    # call-level limits that differ from the wrapper's: the per-part limits the wrapper writes must win
+    vlm = ProcessorOnlyVLM('[{"point_2d": [28, 56]}]', processor, min_pixels=28 * 28 * 300, max_pixels=28 * 28 * 400)
+    result = ground(vlm, Image.new("RGB", size, "white"), "dot", mode="point", min_pixels=28 * 28 * 4,
+                    max_pixels=28 * 28 * 64)
+    _, gh, gw = vlm.grids[0]
+    assert result.frame_map.resized_size == (gw * 14, gh * 14)
+    assert result.points[0] == pytest.approx((28 * size[0] / (gw * 14), 56 * size[1] / (gh * 14)))
