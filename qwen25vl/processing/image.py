@@ -238,8 +238,9 @@ def patchify_normalize(frames: np.ndarray, config: ImageProcessorConfig = DEFAUL
     out = np.empty((rows, channels, tp, p * p), dtype=np.float32)
     tables = config._tables
     for c in range(channels):
-        # (rows, T * p * p) uint8 -> table lookup -> (rows, T, p * p) float32
-        out[:, c, :t_in] = tables[c][blocks[:, c]].reshape(rows, t_in, p * p)
+        # (rows, T * p * p) uint8 -> table lookup -> (rows, T, p * p) float32, written in place ("wrap" skips
+        # numpy's bounds-check buffering: a uint8 index is always inside the 256-entry table)
+        np.take(tables[c], blocks[:, c].reshape(rows, t_in, p * p), out=out[:, c, :t_in], mode="wrap")
     if still:
         out[:, :, 1:] = out[:, :, :1]
     return out.reshape(rows, channels * tp * p * p)
