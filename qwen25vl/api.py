@@ -18,13 +18,10 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from qwen25vl.errors import CheckpointError, InputError
+from qwen25vl.generation.paths import EMBEDDED_MODEL_DIR, NO_EMBEDDED_MODEL, model_path  # noqa: F401 (re-exported)
 from qwen25vl.generation.generate import Completion, Delta, generate_batch, stream_batch
 from qwen25vl.generation.sampling import SamplingParams
 from qwen25vl.generation.vision_cache import VisionCache
-
-# Where the embedded tiny model will ship (a folder in the package); until then `load()` needs a path.
-EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "tiny-model"
-NO_EMBEDDED_MODEL = "no --model given and no embedded model ships yet"
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -50,21 +47,6 @@ def resolve_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.d
             raise InputError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
         dtype = _DTYPES[dtype]
     return device, dtype
-
-
-def model_path(path: str | Path | None) -> Path:
-    if path is None:
-        if (EMBEDDED_MODEL_DIR / "config.json").is_file():
-            return EMBEDDED_MODEL_DIR
-        raise InputError(NO_EMBEDDED_MODEL)
-    folder = Path(path).expanduser()
-    if not folder.exists():
-        raise CheckpointError(f"model folder {str(folder)!r} does not exist")
-    if not folder.is_dir():
-        raise CheckpointError(f"model path {str(folder)!r} is not a folder")
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(f"model folder {str(folder)!r} has no config.json")
-    return folder
 
 
 def load(path: str | Path | None = None, device=None, dtype=None, *, compile: bool = False,

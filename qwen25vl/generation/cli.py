@@ -56,9 +56,11 @@ def _sampling(args) -> dict:
 
 
 def _load(args):
-    from qwen25vl.api import load, model_path
+    from qwen25vl.generation.paths import model_path
 
-    model_path(args.model)  # a missing / bad folder fails here, before any import of the model code
+    model_path(args.model)  # a missing / bad folder fails here, before the slow imports (torch, the model)
+    from qwen25vl.api import load
+
     print(f"loading {args.model or 'embedded tiny model'} ...", file=sys.stderr)
     return load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
 
@@ -111,8 +113,8 @@ def _prepare(vlm, messages):
             bar.close()
 
 
-def _answer(vlm, messages, sampling: dict, out=sys.stdout):
-    """Stream one answer to `out`; return the Completion."""
+def _answer(vlm, messages, sampling: dict, show: bool = True):
+    """Stream one answer to stdout (when `show`); return its text and the TokenGenerator (tokens, finish)."""
     from qwen25vl.generation.generate import TokenGenerator, _text_events
 
     inputs = _prepare(vlm, messages)
@@ -120,9 +122,9 @@ def _answer(vlm, messages, sampling: dict, out=sys.stdout):
                          vision_cache=vlm.vision_cache, compile=vlm.compile)
     parts = []
     for delta in _text_events(gen, vlm.tokenizer):
-        if out is not None and delta.text:
-            out.write(delta.text)
-            out.flush()
+        if show and delta.text:
+            sys.stdout.write(delta.text)
+            sys.stdout.flush()
         parts.append(delta.text)
     return "".join(parts), gen
 
@@ -137,7 +139,7 @@ def cmd_run(args) -> int:
     sampling = _sampling(args)
     vlm = _load(args)
     messages = [{"role": "user", "content": parts + [{"type": "text", "text": prompt}]}]
-    text, gen = _answer(vlm, messages, sampling, out=None if args.json else sys.stdout)
+    text, gen = _answer(vlm, messages, sampling, show=not args.json)
     if args.json:
         print(json.dumps({"text": text, "finish_reason": gen.finish_reasons[0],
                           "prompt_tokens": int(gen.prompt_tokens[0]), "completion_tokens": len(gen.tokens[0])},
