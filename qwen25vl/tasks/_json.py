@@ -95,7 +95,7 @@ def _decode_list_prefix(text: str, pos: int) -> tuple[list, int, bool]:
 
 def extract_json_values(text: str) -> Extracted:
     """All top-level JSON arrays / objects in `text` (fences removed), keeping the complete prefix of a cut one."""
-    body, outside, fence_open = strip_fences(text)
+    body, outside, _ = strip_fences(text)  # an unclosed fence alone is no loss: the values decide "truncated"
     out = Extracted()
     prose, i = [outside], 0
     while i < len(body):
