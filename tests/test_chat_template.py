@@ -215,3 +215,22 @@ def test_user_mistakes_raise_input_error(tok):
         render(CONVERSATIONS["one_image"], tokenizer=tok, image_token_counts=[4, 4])
     with pytest.raises(InputError, match=r"messages\[1\]: content is missing"):
         render([{"role": "user", "content": "a"}, {"role": "assistant"}], tokenizer=tok)
+
+
+def test_segment_encoding_equals_offsets_path(tok, monkeypatch):
+    # Answers starting with a non-space are cut out and encoded alone; forcing the offsets path must agree.
+    messages = LOSS_MESSAGES + [{"role": "user", "content": "x"}, {"role": "assistant", "content": "```json\n[1]\n```"}]
+    fast = render(messages * 20, tokenizer=tok, add_generation_prompt=True)
+    monkeypatch.setattr(Tokenizer, "is_safe_cut", staticmethod(lambda text, p: False))
+    slow = render(messages * 20, tokenizer=tok, add_generation_prompt=True)
+    assert fast.input_ids == slow.input_ids == tok.encode(fast.text)
+    assert fast.loss_mask == slow.loss_mask and sum(fast.loss_mask) > 0
+
+
+def test_answer_starting_with_whitespace(tok):
+    messages = [{"role": "user", "content": "Indent?"}, {"role": "assistant", "content": "\n\n    indented 紫"}]
+    rendered = render(messages, tokenizer=tok)
+    assert rendered.input_ids == tok.encode(rendered.text)
+    trained = tok.decode([t for t, m in zip(rendered.input_ids, rendered.loss_mask) if m])
+    # The header's newline shares a token with the answer's leading newlines: that token is not trained on.
+    assert trained.endswith("indented 紫<|im_end|>\n") and "\n\n\n" not in trained

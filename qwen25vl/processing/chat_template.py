@@ -200,8 +200,7 @@ def render(
     text, spans, n_images, n_videos = render_text(
         messages, add_generation_prompt=add_generation_prompt, tools=tools, add_vision_id=add_vision_id
     )
-    ids, offsets = tokenizer.encode_with_offsets(text)
-    mask = _mask_from_spans(offsets, spans)
+    ids, mask = _encode_with_mask(tokenizer, text, spans)
     special = tokenizer.special
     counts = {special.image_pad: (image_token_counts, n_images, "image"),
               special.video_pad: (video_token_counts, n_videos, "video")}  # fmt: skip
@@ -217,6 +216,28 @@ def render(
     if image_token_counts is not None or video_token_counts is not None:
         ids, mask = _expand_pads(ids, mask, special.image_pad, image_token_counts, special.video_pad, video_token_counts)
     return RenderedChat(text, ids, mask, n_images, n_videos, spans)
+
+
+def _encode_with_mask(tokenizer, text: str, spans) -> tuple[list[int], list[int]]:
+    """Ids of `text` and the mask of tokens inside `spans`.
+
+    An answer starts after the header's newline and ends before the next `<|im_start|>`: unless it starts with
+    whitespace both are safe cuts, so the answers are encoded as segments of their own (no offsets needed). An
+    answer starting with whitespace may share a token with the header's newline; then the tokens' character offsets
+    decide (a token starting inside a span is trained on).
+    """
+    cuts = [p for span in spans for p in span]
+    if all(tokenizer.is_safe_cut(text, p) for p in cuts):
+        segments = tokenizer.encode_segments(text, cuts)
+        ids: list[int] = []
+        mask: list[int] = []
+        inside = {2 * i + 1 for i in range(len(spans))}  # segment k lies between cuts k-1 and k
+        for k, segment in enumerate(segments):
+            ids.extend(segment)
+            mask.extend([1 if k in inside else 0] * len(segment))
+        return ids, mask
+    ids, offsets = tokenizer.encode_with_offsets(text)
+    return ids, _mask_from_spans(offsets, spans)
 
 
 def _mask_from_spans(offsets, spans) -> list[int]:

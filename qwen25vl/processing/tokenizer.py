@@ -46,10 +46,11 @@ SPECIAL_TOKENS: tuple[tuple[str, bool], ...] = (
 SPECIAL_TOKEN_NAMES: tuple[str, ...] = tuple(name for name, _ in SPECIAL_TOKENS)
 
 # Long texts are cut into pieces encoded in parallel (`encode_batch`); one long string is also slower per character.
-# A cut right after a newline and before a letter, digit or '<' is a boundary of the split regex (no alternative
-# matches a newline followed by one of those; the regex has no look-behind) and of NFC (a newline composes with
-# nothing), and cannot fall inside a special token (none contains a newline): pieces encode exactly like the whole.
-_SAFE_CUT = re.compile(r"\n(?=[^\W_]|<)")
+# A cut right after a newline and before a non-space character is a boundary of the split regex (no alternative
+# matches a newline and then a non-space: the letter and punctuation ones exclude a leading newline, the others
+# match spaces only; the regex has no look-behind), of NFC (a newline composes with nothing) and of special tokens
+# (none contains a newline): the pieces encode exactly like the whole. Python's \S is narrower than the regex's.
+_SAFE_CUT = re.compile(r"\n(?=\S)")
 _PIECE_CHARS = 2048
 
 # The pre-tokenisation regex of Qwen2 (tiktoken's cl100k pattern with single digits).
@@ -164,6 +165,34 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [enc.ids for enc in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    @staticmethod
+    def is_safe_cut(text: str, position: int) -> bool:
+        """Whether encoding text[:position] and text[position:] apart gives the ids of the whole (see _SAFE_CUT)."""
+        if position <= 0 or position >= len(text):
+            return True
+        return text[position - 1] == "\n" and _SAFE_CUT.match(text, position - 1) is not None
+
+    def encode_segments(self, text: str, cuts: list[int]) -> list[list[int]]:
+        """Ids of text[cuts[i]:cuts[i + 1]] for consecutive cuts (0 and len(text) implied), in one parallel batch.
+
+        Every cut must be a safe one (`is_safe_cut`); long segments are cut further at safe newlines.
+        """
+        bounds = [0] + [c for c in cuts if 0 < c < len(text)] + [len(text)]
+        pieces, owner = [], []
+        for seg, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            if b - a > 2 * _PIECE_CHARS:
+                for match in _SAFE_CUT.finditer(text, a, b):
+                    if match.end() - a >= _PIECE_CHARS and b - match.end() >= _PIECE_CHARS // 2:
+                        pieces.append(text[a : match.end()])
+                        owner.append(seg)
+                        a = match.end()
+            pieces.append(text[a:b])
+            owner.append(seg)
+        out: list[list[int]] = [[] for _ in range(len(bounds) - 1)]
+        for seg, enc in zip(owner, self._tok.encode_batch(pieces, add_special_tokens=False)):
+            out[seg].extend(enc.ids)
+        return out
 
     def encode_with_offsets(self, text: str, offsets: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids and each token's (start, end) character span in `text`."""
