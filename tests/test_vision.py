@@ -1,36 +1,14 @@
 """The vision tower equals transformers' Qwen2.5-VL vision model (same weights copied by key name) on odd grids."""
 
-import dataclasses
-
 import pytest
 import torch
 
+from qwen25vl.config import VisionConfig
 from qwen25vl.errors import ConfigError, InputError
 from qwen25vl.model.vision import VisionTransformer
 
 hf = pytest.importorskip("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", reason="the numerical reference")
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig  # noqa: E402
-
-try:
-    from qwen25vl.config import VisionConfig
-except ImportError:  # the config module is written in parallel; same field names as docs/CONTRACTS.md
-
-    @dataclasses.dataclass(frozen=True)
-    class VisionConfig:
-        depth: int = 32
-        hidden_size: int = 1280
-        intermediate_size: int = 3420
-        num_heads: int = 16
-        in_chans: int = 3
-        patch_size: int = 14
-        temporal_patch_size: int = 2
-        spatial_merge_size: int = 2
-        window_size: int = 112
-        fullatt_block_indexes: tuple = (7, 15, 23, 31)
-        out_hidden_size: int = 3584
-        tokens_per_second: int = 2
-        hidden_act: str = "silu"
-
 
 # real patch, merge and window sizes (windows of 4x4 merge units), tiny width
 TINY = dict(depth=4, hidden_size=64, intermediate_size=96, num_heads=4, fullatt_block_indexes=(1, 3), out_hidden_size=48)
