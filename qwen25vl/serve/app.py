@@ -13,6 +13,7 @@ import contextlib
 import hmac
 import json
 import logging
+import time
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import Depends, FastAPI, Request
@@ -180,6 +181,11 @@ async def _relay(gen: GenRequest, http: Request, scheduler: Scheduler) -> AsyncI
                 event = await asyncio.wait_for(gen.queue.get(), timeout=0.25)
             except asyncio.TimeoutError:
                 if await http.is_disconnected():
+                    return
+                if time.monotonic() > gen.deadline + 10:  # the worker lost it (a bug): do not hang the client
+                    finished = True
+                    yield Event("error", text="no answer from the generation worker", reason="server_error",
+                                status=500)
                     return
                 continue
             if event.kind in ("end", "error"):

@@ -31,6 +31,14 @@ from qwen25vl.serve.rows import Event, GenRequest, Row
 log = logging.getLogger("qwen25vl.serve")
 
 
+def _fail_for(request: GenRequest, err: Exception) -> None:
+    if isinstance(err, Qwen25VLError):
+        request.fail(400, "invalid_request_error", str(err))
+    else:
+        log.exception("request failed")
+        request.fail(500, "server_error", f"generation failed: {type(err).__name__}: {err}")
+
+
 class QueueFull(Exception):
     """The waiting queue holds `max_queue` requests already (answered with 429)."""
 
@@ -113,9 +121,10 @@ class Scheduler:
                         self._decode_step()
                 except Exception as err:  # a bug must not kill the server: fail the running requests, go on
                     log.exception("scheduler step failed")
-                    for request in {id(r.request): r.request for r in self._rows}.values():
-                        request.fail(500, "server_error", f"generation failed: {type(err).__name__}: {err}")
+                    failed = {id(r.request): r.request for r in self._rows}.values()
                     self._rows, self._cache = [], None
+                    for request in failed:
+                        request.fail(500, "server_error", f"generation failed: {type(err).__name__}: {err}")
         for request in list(self._waiting) + [r.request for r in self._rows]:
             request.fail(503, "server_shutdown", "the server is shutting down")
 
@@ -159,12 +168,17 @@ class Scheduler:
         taken = self._take_admissible()
         if not taken:
             return
-        embeds = self._encode_vision(taken)
+        try:
+            embeds = self._encode_vision(taken)
+        except Exception as err:
+            for request in taken:
+                _fail_for(request, err)
+            return
         for request, (image_embeds, video_embeds) in zip(taken, embeds):
             try:
                 self._prefill(request, image_embeds, video_embeds)
-            except Qwen25VLError as err:
-                request.fail(400, "invalid_request_error", str(err))
+            except Exception as err:  # one bad request must not take the others down
+                _fail_for(request, err)
         self.max_rows_seen = max(self.max_rows_seen, len(self._rows))
 
     def _encode_vision(self, requests: list[GenRequest]) -> list[tuple]:

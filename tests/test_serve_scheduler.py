@@ -1,0 +1,151 @@
+"""The continuous-batching worker on its own (no HTTP): vision batched across requests, n choices from one prefill,
+a failing request or step leaves the worker serving, cancelled rows leave the batch."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import qwen25vl
+from qwen25vl.serve.rows import GenRequest
+from qwen25vl.serve.scheduler import QueueFull, Scheduler
+from qwen25vl.testing.checkpoint import make_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory):
+    return qwen25vl.load(make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=1))
+
+
+def _image(seed):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (56, 56 + 28 * seed, 3), dtype=np.uint8))
+
+
+def _conversation(i):
+    if i == 3:
+        return [{"role": "user", "content": "No picture here."}]
+    return [{"role": "user", "content": [{"type": "image", "image": _image(i)}, {"type": "text", "text": f"Q{i}"}]}]
+
+
+def _run(scheduler, requests, cancel_after=None, stop=True):
+    """Submit all requests, start the worker, collect each request's text / finish reasons / errors."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for r in requests:
+            r.loop, r.queue = loop, asyncio.Queue()
+            scheduler.submit(r)
+        if not scheduler.alive:
+            scheduler.start()
+        return await asyncio.gather(*(collect(r) for r in requests))
+
+    async def collect(r):
+        texts, reasons, deltas = {}, {}, 0
+        while True:
+            event = await asyncio.wait_for(r.queue.get(), timeout=30)
+            if event.kind == "error":
+                return {"error": (event.status, event.text)}
+            if event.kind == "delta":
+                texts[event.index] = texts.get(event.index, "") + event.text
+                deltas += 1
+                if cancel_after is not None and r.id == cancel_after[0] and deltas == cancel_after[1]:
+                    scheduler.cancel(r)
+                    return {"cancelled": True}
+            elif event.kind == "finish":
+                reasons[event.index] = event.reason
+            elif event.kind == "end":
+                return {"texts": [texts.get(i, "") for i in range(r.n)], "reasons": reasons, "usage": event.usage}
+
+    try:
+        return asyncio.run(main())
+    finally:
+        if stop:
+            scheduler.stop()
+
+
+def test_vision_is_encoded_once_across_admitted_requests(vlm, monkeypatch):
+    calls = []
+    encode = vlm.model.encode_images
+    monkeypatch.setattr(vlm.model, "encode_images", lambda pv, grid: calls.append(grid.shape[0]) or encode(pv, grid))
+    params = vlm.defaults.updated(temperature=0, max_new_tokens=10)
+    conversations = [_conversation(i) for i in range(4)]
+    requests = [GenRequest(inputs=dict(vlm.processor(c)), params=params) for c in conversations]
+    results = _run(Scheduler(vlm.model, vlm.tokenizer, vision_cache_bytes=0), requests)
+    assert calls == [3]  # three requests' images, one tower call
+    monkeypatch.undo()
+    for conversation, result in zip(conversations, results):
+        assert result["texts"][0] == vlm.chat(conversation, temperature=0, max_new_tokens=10)
+
+
+def test_n_choices_share_one_prefill(vlm):
+    conversation = [{"role": "user", "content": "Three times the same."}]
+    params = vlm.defaults.updated(temperature=0, max_new_tokens=8)
+    scheduler = Scheduler(vlm.model, vlm.tokenizer)
+    forwards = []
+    original = scheduler.model.forward
+    scheduler.model.forward = lambda ids, *a, **k: forwards.append(tuple(ids.shape)) or original(ids, *a, **k)
+    try:
+        (result,) = _run(scheduler, [GenRequest(inputs=dict(vlm.processor(conversation)), params=params, n=3)])
+    finally:
+        del scheduler.model.forward
+    want = vlm.chat(conversation, temperature=0, max_new_tokens=8)
+    assert result["texts"] == [want] * 3
+    assert sum(1 for shape in forwards if shape[1] > 1) == 1  # one prefill for the three rows
+    assert all(shape[0] == 3 for shape in forwards if shape[1] == 1)  # decoded together
+
+
+def test_a_bad_request_or_a_failing_step_leaves_the_worker_serving(vlm):
+    params = vlm.defaults.updated(temperature=0, max_new_tokens=6)
+    good = dict(vlm.processor([{"role": "user", "content": "fine"}]))
+    bad = dict(good)
+    pad = vlm.model.config.image_token_id
+    bad["input_ids"] = torch.cat([good["input_ids"], torch.tensor([[pad, pad]])], 1)  # pads without an image
+    bad["attention_mask"] = torch.ones_like(bad["input_ids"])
+    scheduler = Scheduler(vlm.model, vlm.tokenizer)
+    results = _run(scheduler, [GenRequest(inputs=bad, params=params), GenRequest(inputs=good, params=params)])
+    assert results[0]["error"][0] == 400 and "image" in results[0]["error"][1]
+    assert results[1]["texts"][0] == vlm.chat([{"role": "user", "content": "fine"}], temperature=0, max_new_tokens=6)
+
+    scheduler = Scheduler(vlm.model, vlm.tokenizer)
+    step, failed = scheduler._decode_step, []
+
+    def flaky():
+        if not failed:
+            failed.append(1)
+            raise RuntimeError("boom")
+        step()
+
+    scheduler._decode_step = flaky
+    first = _run(scheduler, [GenRequest(inputs=good, params=params)], stop=False)
+    assert first[0]["error"][0] == 500 and "boom" in first[0]["error"][1]
+    assert scheduler.alive and scheduler.running_rows == 0
+    second = _run(scheduler, [GenRequest(inputs=good, params=params)])  # the same worker answers the next one
+    assert second[0]["texts"] == results[1]["texts"]
+
+
+def test_cancelled_rows_leave_the_batch_and_others_are_unaffected(vlm):
+    long = GenRequest(inputs=dict(vlm.processor([{"role": "user", "content": "long"}])),
+                      params=vlm.defaults.updated(temperature=0, max_new_tokens=400), ignore_eos=True)
+    conversation = [{"role": "user", "content": "short"}]
+    short = GenRequest(inputs=dict(vlm.processor(conversation)),
+                       params=vlm.defaults.updated(temperature=0, max_new_tokens=30))
+    scheduler = Scheduler(vlm.model, vlm.tokenizer)
+    start = time.monotonic()
+    results = _run(scheduler, [long, short], cancel_after=(long.id, 3))
+    assert results[0] == {"cancelled": True}
+    assert results[1]["texts"][0] == vlm.chat(conversation, temperature=0, max_new_tokens=30)
+    assert long.completion_tokens < 100  # it stopped costing work long before its 400 tokens
+    assert time.monotonic() - start < 20
+
+
+def test_queue_bound(vlm):
+    scheduler = Scheduler(vlm.model, vlm.tokenizer, max_queue=2)  # not started: nothing leaves the queue
+    inputs = dict(vlm.processor([{"role": "user", "content": "x"}]))
+    for _ in range(2):
+        scheduler.submit(GenRequest(inputs=inputs, params=vlm.defaults))
+    with pytest.raises(QueueFull, match="max_queue=2"):
+        scheduler.submit(GenRequest(inputs=inputs, params=vlm.defaults))
