@@ -208,3 +208,16 @@ def test_loss_mask_with_real_vocabulary_masks_three_header_tokens(real_tok):
     start = len(rendered.input_ids) - len(real_tok.encode("<|im_start|>assistant\nHello! 你好<|im_end|>\n"))
     assert rendered.input_ids[start : start + 3] == [151644, 77091, 198]  # <|im_start|> assistant \n
     assert rendered.loss_mask == [0] * (start + 3) + [1] * (len(rendered.input_ids) - start - 3)
+
+
+def test_recovered_merges_reach_every_token(real_dir):
+    # With merges alone (no whole-chunk shortcut), every token's own bytes must BPE back to that single token.
+    import json
+
+    from tokenizers import models
+
+    model = json.loads((real_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    assert len(model["merges"]) == 151643 - 256
+    bpe = models.BPE(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], ignore_merges=False)
+    unreachable = [tok for tok in model["vocab"] if len(bpe.tokenize(tok)) != 1]
+    assert unreachable == []
