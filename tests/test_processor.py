@@ -174,3 +174,18 @@ def test_bad_inputs_name_the_item(processor):
         processor([CONVERSATIONS["text"], []])
     with pytest.raises(InputError, match="list of messages"):
         processor("hello")
+
+
+def test_loss_mask_for_training_batches(processor):
+    from qwen25vl.processing.chat_template import render
+
+    convs = [CONVERSATIONS["multi_turn_tool"][:4], CONVERSATIONS["text"] + [{"role": "assistant", "content": "Hi!"}]]
+    out = processor(convs, add_generation_prompt=False, return_loss_mask=True)
+    mask = out["loss_mask"]
+    assert mask.shape == out["input_ids"].shape and (mask[out["attention_mask"] == 0] == 0).all()
+    assert (mask[out["mm_token_type_ids"] != 0] == 0).all()
+    n = int(out["attention_mask"][1].sum())
+    assert mask[1, -n:].tolist() == render(convs[1], tokenizer=processor.tokenizer).loss_mask
+    trained = processor.decode(out["input_ids"][1][mask[1].bool()])
+    assert trained == "Hi!<|im_end|>\n"
+    assert "loss_mask" not in processor(convs)
