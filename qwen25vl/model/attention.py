@@ -127,10 +127,15 @@ def _packed(q, k, v, cu_seqlens, max_seqlen, causal, scale):
     if q.shape[0] != k.shape[0]:
         raise InputError(f"packed attention wants as many keys as queries, got {q.shape[0]} and {k.shape[0]}")
     plan = cu_seqlens if isinstance(cu_seqlens, VarlenPlan) else VarlenPlan.build(cu_seqlens, q.device)
+    if plan.cu_seqlens.device != q.device:  # a plan made for another device: the same bounds, cached for this one
+        plan = VarlenPlan.build(plan.cu_seqlens, q.device)
     if plan.total != q.shape[0]:
         raise InputError(f"cu_seqlens ends at {plan.total} but there are {q.shape[0]} tokens")
     if _varlen_attn is not None and q.is_cuda and q.dtype in _FLASH_DTYPES:
         longest = plan.max_seqlen if max_seqlen is None else max_seqlen
+        # the vision tower hands q and k as strided views of one rotated (N, 2, H, D) tensor; the kernel is only
+        # documented for dense rows, and a copy on the GPU costs microseconds
+        q, k, v = (t.contiguous() for t in (q, k, v))
         return _varlen_attn(
             q, k, v, plan.cu_seqlens, plan.cu_seqlens, longest, longest,
             scale=scale, window_size=(-1, 0) if causal else (-1, -1), enable_gqa=gqa,
