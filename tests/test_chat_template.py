@@ -234,3 +234,12 @@ def test_answer_starting_with_whitespace(tok):
     trained = tok.decode([t for t, m in zip(rendered.input_ids, rendered.loss_mask) if m])
     # The header's newline shares a token with the answer's leading newlines: that token is not trained on.
     assert trained.endswith("indented 紫<|im_end|>\n") and "\n\n\n" not in trained
+
+
+def test_system_parts_with_tools(tok):
+    system = {"role": "system", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]}
+    text = render_text([system, {"role": "user", "content": "hi"}], tools=TOOLS)[0]
+    assert text.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n") and text.count("<|im_start|>system") == 1
+    system["content"].append(IMG)
+    with pytest.raises(InputError, match=r"messages\[0\].content\[2\]: a system message with tools can hold text only"):
+        render_text([system], tools=TOOLS)

@@ -302,7 +302,12 @@ def _text_of(part: dict, where: str) -> str:
 def _system_text(content, where: str) -> str:
     if isinstance(content, str):
         return content
-    return "".join(p if isinstance(p, str) else _text_of(p, f"{where}[{i}]") for i, p in enumerate(content or []))
+    texts = []
+    for i, part in enumerate(content or []):
+        if part_kind(part, f"{where}[{i}]") != "text":
+            raise InputError(f"{where}[{i}]: a system message with tools can hold text only")
+        texts.append(part if isinstance(part, str) else _text_of(part, f"{where}[{i}]"))
+    return "".join(texts)
 
 
 def _tool_call(call, where: str) -> tuple[str, object]:
