@@ -187,6 +187,14 @@ def test_stop_strings_and_sampling_options(client):
     assert first.usage.completion_tokens == 30
 
 
+def test_seeded_sampling_equals_python_api(client, vlm):
+    messages = [{"role": "user", "content": "Surprise me."}]
+    opts = dict(temperature=0.8, top_p=0.9, top_k=0, seed=11)
+    got = _ask(client, messages, max_tokens=12, **opts).choices[0].message.content
+    assert got == vlm.chat(messages, max_new_tokens=12, **opts)
+    assert got != _ask(client, messages, max_tokens=12, **{**opts, "seed": 12}).choices[0].message.content
+
+
 def test_json_object_response_format(client):
     for seed in range(3):
         got = _ask(client, [{"role": "user", "content": f"Give JSON {seed}."}], temperature=1.0, top_k=0, top_p=1.0,
@@ -293,3 +301,53 @@ def test_full_queue_is_429_and_timeouts_are_504(vlm):
 
         outcomes = asyncio.run(main())
     assert outcomes.count(429) >= 1 and outcomes.count(504) >= 1, outcomes
+
+
+def test_non_streaming_client_that_gives_up_frees_its_slot(server):
+    body = {"model": NAME, "messages": [{"role": "user", "content": "Go on and on."}], "max_tokens": 2000,
+            "ignore_eos": True, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                   timeout=0.5)
+    deadline = time.monotonic() + 5
+    while server.scheduler.running_rows and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.scheduler.running_rows == 0
+
+
+def test_cli_serves_on_loopback_with_a_key(vlm, tmp_path):
+    import os
+    import queue
+    import re
+    import subprocess
+    import sys
+    import threading
+
+    folder = make_tiny_checkpoint(tmp_path / "cli-model", seed=1)
+    env = {**os.environ, "QWEN25VL_API_KEY": "from-env"}
+    proc = subprocess.Popen([sys.executable, "-m", "qwen25vl", "serve", "--model", str(folder), "--port", "0",
+                             "--threads", "1", "--served-model-name", "cli"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        port, deadline = None, time.monotonic() + 60
+        while port is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert proc.poll() is None, "the server exited"
+                continue
+            match = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
+            port = int(match.group(1)) if match else None
+        assert port, "no startup line"
+        cli = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="from-env", max_retries=0, timeout=30)
+        got = cli.chat.completions.create(model="cli", messages=[{"role": "user", "content": "hi"}], temperature=0,
+                                          max_tokens=6)
+        assert got.choices[0].message.content == vlm.chat([{"role": "user", "content": "hi"}], temperature=0,
+                                                          max_new_tokens=6)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="nope", max_retries=0).models.list()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

@@ -17,8 +17,7 @@ def register(subparsers) -> None:
     p.add_argument("--served-model-name", help="the name clients pass as `model` (default: the folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=os.environ.get("QWEN25VL_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' (default: $QWEN25VL_API_KEY, else no key)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $QWEN25VL_API_KEY, else none)")
     p.add_argument("--allow-private-urls", action="store_true",
                    help="let requests fetch from private, loopback and link-local addresses (trusted networks only)")
     p.add_argument("--local-root", action="append", default=[], metavar="DIR",
@@ -53,7 +52,8 @@ def settings_from_args(args, model_name: str) -> ServeSettings:
         roots.append(Path(root).resolve())
     limits = Limits(max_image_pixels=args.max_image_pixels, max_request_pixels=args.max_request_pixels,
                     max_frames=args.max_frames, max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens)
-    return ServeSettings(model_name=model_name, api_key=args.api_key or None,
+    api_key = args.api_key or os.environ.get("QWEN25VL_API_KEY") or None  # not a default: --help would show it
+    return ServeSettings(model_name=model_name, api_key=api_key,
                          allow_private_urls=args.allow_private_urls, local_roots=tuple(roots),
                          max_fetch_bytes=args.max_fetch_bytes, fetch_timeout=args.fetch_timeout,
                          max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout,
