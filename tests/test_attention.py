@@ -159,7 +159,8 @@ def test_mistakes_raise_input_errors_naming_the_value():
     with pytest.raises(InputError, match="heads"):
         attention(torch.randn(8, 3, 16), k, v, cu_seqlens=torch.tensor(cu))
     with pytest.raises(InputError, match="bool"):
-        attention(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), mask=torch.zeros(1, 1, 3, 3))
+        t = torch.randn(1, 2, 3, 4)
+        attention(t, t, t, mask=torch.zeros(1, 1, 3, 3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen flash kernel needs a CUDA device")

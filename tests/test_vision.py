@@ -11,7 +11,9 @@ hf = pytest.importorskip("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", r
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig  # noqa: E402
 
 # real patch, merge and window sizes (windows of 4x4 merge units), tiny width
-TINY = dict(depth=4, hidden_size=64, intermediate_size=96, num_heads=4, fullatt_block_indexes=(1, 3), out_hidden_size=48)
+TINY = dict(
+    depth=4, hidden_size=64, intermediate_size=96, num_heads=4, fullatt_block_indexes=(1, 3), out_hidden_size=48
+)
 
 
 def build_pair(**overrides):
