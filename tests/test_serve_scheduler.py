@@ -149,3 +149,12 @@ def test_queue_bound(vlm):
         scheduler.submit(GenRequest(inputs=inputs, params=vlm.defaults))
     with pytest.raises(QueueFull, match="max_queue=2"):
         scheduler.submit(GenRequest(inputs=inputs, params=vlm.defaults))
+
+
+def test_more_choices_than_batch_rows_is_refused(vlm):
+    from qwen25vl.errors import InputError
+
+    scheduler = Scheduler(vlm.model, vlm.tokenizer, max_batch=2)
+    inputs = dict(vlm.processor([{"role": "user", "content": "x"}]))
+    with pytest.raises(InputError, match="max_batch=2"):
+        scheduler.submit(GenRequest(inputs=inputs, params=vlm.defaults, n=3))

@@ -178,7 +178,8 @@ async def _relay(gen: GenRequest, http: Request, scheduler: Scheduler) -> AsyncI
     try:
         while True:
             try:
-                event = await asyncio.wait_for(gen.queue.get(), timeout=0.25)
+                event = gen.queue.get_nowait() if not gen.queue.empty() else (
+                    await asyncio.wait_for(gen.queue.get(), timeout=0.25))  # the wait also polls for a disconnect
             except asyncio.TimeoutError:
                 if await http.is_disconnected():
                     return

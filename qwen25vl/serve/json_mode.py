@@ -190,13 +190,15 @@ class JsonConstraint:
         """Token ids allowed next, given logits (V,) and the number of tokens left in the budget (this one included)."""
         if self.complete:
             return list(self.eos_ids)
-        order = torch.argsort(logits, descending=True)
-        allowed = [t for t in order[: self.top_k].tolist() if self._ok(t, remaining - 1)]
-        start = self.top_k
-        while not allowed and start < order.numel():  # rare: scan on in logit order until something fits
-            chunk = order[start : start + 4096].tolist()
-            allowed = [t for t in chunk if self._ok(t, remaining - 1)]
-            start += len(chunk)
+        top = torch.topk(logits, min(self.top_k, logits.numel())).indices
+        allowed = [t for t in top.tolist() if self._ok(t, remaining - 1)]
+        if allowed:
+            return allowed
+        order = torch.argsort(logits, descending=True)  # rare: scan on in logit order until something fits
+        for start in range(len(top), order.numel(), 4096):
+            allowed = [t for t in order[start : start + 4096].tolist() if self._ok(t, remaining - 1)]
+            if allowed:
+                break
         return allowed
 
     def mask(self, logits: torch.Tensor, remaining: int) -> torch.Tensor:

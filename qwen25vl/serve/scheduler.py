@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from qwen25vl.errors import Qwen25VLError
+from qwen25vl.errors import InputError, Qwen25VLError
 from qwen25vl.generation.sampling import sample
 from qwen25vl.generation.vision_cache import VisionCache, encode_items
 from qwen25vl.model.kv_cache import KVCache
@@ -80,6 +80,8 @@ class Scheduler:
             self._thread.join(timeout=10)
 
     def submit(self, request: GenRequest) -> None:
+        if request.n > self.max_batch:  # it could never be admitted, and would block the queue behind it
+            raise InputError(f"n={request.n} is over the server limit max_batch={self.max_batch}")
         with self._cond:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"the server's queue is full (max_queue={self.max_queue}); retry later")
