@@ -15,11 +15,11 @@ frames it keeps, and resizes them as they come, so memory holds the sampled fram
 
 from __future__ import annotations
 
-import io
 import math
-import os
+import threading
+from queue import Empty, Full, Queue
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from qwen25vl.processing.image import (
     DEFAULT_CONFIG,
     ImageProcessorConfig,
     ResizeInfo,
+    empty_populated,
     patchify_normalize,
     smart_resize,
 )
@@ -50,7 +51,6 @@ FRAME_FACTOR = 2
 VIDEO_MIN_PIXELS = 128 * 28 * 28
 VIDEO_MAX_PIXELS = 768 * 28 * 28
 VIDEO_TOTAL_PIXELS = int(128000 * 28 * 28 * 0.9)  # qwen-vl-utils reads it from the (misnamed) VIDEO_MAX_PIXELS env var
-_RESIZE_CHUNK = 8  # frames resized together: bounds the full-size float copies held at once
 
 Progress = Callable[[int, int], None]
 
@@ -131,15 +131,23 @@ def frame_pixel_limits(nframes: int, min_pixels: int | None, max_pixels: int | N
     return lo, hi
 
 
-def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, height, width, 3) uint8 as torchvision's tensor resize (bicubic, antialias)."""
+def resize_frames(frames: np.ndarray, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, height, width, 3) uint8 as torchvision's tensor resize (bicubic, antialias).
+
+    Writes into `out` when given (same shape, uint8)."""
     if frames.shape[1:3] == (height, width):
-        return frames
+        if out is None:
+            return frames
+        out[...] = frames
+        return out
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (T, H, W, C) -> (T, C, H, W) view, channels-last
     y = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
     # torchvision clamps bicubic output of uint8 input, then rounds back to uint8
-    y = y.clamp_(0, 255).round_().to(torch.uint8)
-    return np.ascontiguousarray(y.permute(0, 2, 3, 1).numpy())  # -> (T, h, w, C)
+    y = y.clamp_(0, 255).round_()
+    if out is None:
+        out = np.empty((frames.shape[0], height, width, 3), dtype=np.uint8)
+    torch.from_numpy(out).permute(0, 3, 1, 2).copy_(y)  # (T, h, w, C) viewed as (T, C, h, w); exact: y is integral
+    return out
 
 
 def _finish(frames: np.ndarray, indices: list[int], sampled_fps: float, video_fps: float, total: int,
@@ -188,29 +196,61 @@ def process_video(
         lo, hi = frame_pixel_limits(len(indices), min_pixels, max_pixels, total_pixels)
         width, height = video.size
         rh, rw = smart_resize(height, width, config.factor, lo, hi)
-        out = np.empty((len(indices), rh, rw, 3), dtype=np.uint8)
-        pending: list[tuple[list[int], np.ndarray]] = []
+        out = empty_populated((len(indices), rh, rw, 3), np.uint8)
         done = 0
-
-        def flush():
-            nonlocal pending
-            if pending:
-                batch = resize_frames(np.stack([f for _, f in pending]), rh, rw)
-                for (slots, _), frame in zip(pending, batch):
-                    out[slots] = frame
-                pending = []
-
-        for slots, frame in video.frames(indices):
+        for slots, frame in _prefetch(video.frames(indices)):
             if frame.shape[:2] != (height, width):
                 frame = resize_frames(frame[None], height, width)[0]  # a mid-stream size change: follow the first
-            pending.append((slots, frame))
+            # one frame at a time, straight into the output: no full-size batch of floats is ever held
+            resize_frames(frame[None], rh, rw, out=out[slots[0]:slots[0] + 1])
+            for extra in slots[1:]:
+                out[extra] = out[slots[0]]
             done += len(slots)
-            if len(pending) >= _RESIZE_CHUNK:
-                flush()
             if progress is not None:
                 progress(done, len(indices))
-        flush()
         return _finish(out, indices, sampled_fps, video.fps, video.total_frames, (width, height), config)
+
+
+def _prefetch(frames: Iterator, depth: int = 4) -> Iterator:
+    """Run a decoding generator on its own thread, `depth` frames ahead: FFmpeg decodes and swscale converts
+    without the GIL while this thread resizes the previous frames, so the two overlap on two cores."""
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce():
+        try:
+            for item in frames:
+                while not stop.is_set():
+                    try:
+                        queue.put(item, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(end)
+        except BaseException as e:  # re-raised in the consumer: an InputError names the video
+            queue.put(e)
+
+    worker = threading.Thread(target=produce, name="qwen25vl-video-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it finish
+            try:
+                queue.get_nowait()
+            except Empty:
+                pass
+            worker.join(timeout=0.05)
 
 
 def _process_frame_list(frames: Sequence[Any], fps, min_pixels, max_pixels, total_pixels, progress, config, timeout):
