@@ -81,6 +81,7 @@ def test_tiny_layout_matches_contract(tiny_dir):
     assert (s.endoftext, s.im_start, s.im_end, s.vision_start, s.vision_end) == (512, 513, 514, 521, 522)
     assert (s.image_pad, s.video_pad, s.tool_call_start, s.tool_call_end) == (524, 525, 526, 527)
     assert tok.eos_token_ids == (514, 512) and tok.pad_token_id == 512
+    assert tok.special_token_ids == {name: 512 + i for i, name in enumerate(SPECIAL_TOKEN_NAMES)}
     regular = tok.encode("The image shows a cat 😀 你好 def main():")
     assert regular and max(regular) < 512
 
@@ -160,6 +161,19 @@ def test_converter_rejects_bad_files(tmp_path):
     assert cli_main(["tokenizer", "from-tiktoken", str(short), str(tmp_path / "out")]) == 2  # not the Qwen2 size
     with pytest.raises(InputError, match="not found"):
         load_tiktoken_ranks(tmp_path / "missing.tiktoken")
+
+
+def test_unreadable_tokenizer_folder(tmp_path, tiny_dir):
+    from qwen25vl.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="tokenizer file not found"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="cannot read tokenizer file"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="tokenizer_config.json"):
+        Tokenizer.from_pretrained(tmp_path)
 
 
 # ---------------------------------------------------------------- incremental decoding

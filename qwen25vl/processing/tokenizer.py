@@ -124,7 +124,12 @@ class Tokenizer:
         """Load `tokenizer.json` (+ `tokenizer_config.json` when present) from a checkpoint folder."""
         folder = Path(folder)
         config_path = folder / "tokenizer_config.json"
-        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+        config = {}
+        if config_path.is_file():
+            try:
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+            except ValueError as err:
+                raise CheckpointError(f"cannot read {config_path}: {err}") from err
         return cls.from_file(folder / "tokenizer.json", config)
 
     # ---------------------------------------------------------------- ids and names
@@ -136,6 +141,12 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """Number of token ids, special tokens included (the model's embedding may have more, padded, rows)."""
         return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def special_token_ids(self) -> dict[str, int]:
+        """All Qwen2.5-VL special tokens present, by name (e.g. '<|box_start|>')."""
+        found = {name: self._tok.token_to_id(name) for name in SPECIAL_TOKEN_NAMES}
+        return {name: tid for name, tid in found.items() if tid is not None}
 
     @property
     def pad_token_id(self) -> int:
