@@ -163,7 +163,7 @@ def test_converter_rejects_bad_files(tmp_path):
         load_tiktoken_ranks(tmp_path / "missing.tiktoken")
 
 
-def test_unreadable_tokenizer_folder(tmp_path, tiny_dir):
+def test_unreadable_tokenizer_folder(tmp_path):
     from qwen25vl.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="tokenizer file not found"):
