@@ -125,6 +125,7 @@ class ImageProcessorConfig:
 
 DEFAULT_CONFIG = ImageProcessorConfig()
 _POPULATE_BYTES = 32 << 20
+_ROWS_PER_CHUNK = 1024  # 1024 patch rows: 0.6 MB of indices, 2.4 MB of values
 
 
 def empty_populated(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
@@ -253,13 +254,24 @@ def patchify_normalize(frames: np.ndarray, config: ImageProcessorConfig = DEFAUL
     rows = gt * gh * gw
     blocks = blocks.reshape(rows, channels, t_in * p * p)
     out = empty_populated((rows, channels, tp, p * p), np.float32)
-    tables = config._tables
-    for c in range(channels):
-        # (rows, T * p * p) uint8 -> table lookup -> (rows, T, p * p) float32, written in place ("wrap" skips
-        # numpy's bounds-check buffering: a uint8 index is always inside the 256-entry table)
-        np.take(tables[c], blocks[:, c].reshape(rows, t_in, p * p), out=out[:, c, :t_in], mode="wrap")
-    if still:
-        out[:, :, 1:] = out[:, :, :1]
+    # one lookup over all channels: index = channel * 256 + level into the (3 * 256) table; done in row chunks
+    # so the uint16 indices and (for images) the values stay in cache and no large temporary is allocated
+    table = config._tables.reshape(-1)
+    offsets = (np.arange(channels, dtype=np.uint16) * 256)[None, :, None]
+    chunk = min(rows, _ROWS_PER_CHUNK)
+    index = np.empty((chunk, channels, t_in * p * p), np.uint16)
+    values = np.empty((chunk, channels, p * p), np.float32) if still else None
+    for r0 in range(0, rows, chunk):
+        r1 = min(rows, r0 + chunk)
+        k = r1 - r0
+        np.add(blocks[r0:r1], offsets, out=index[:k])
+        if still:
+            # "wrap" skips numpy's bounds-check buffering: every index is inside the table
+            np.take(table, index[:k], out=values[:k], mode="wrap")
+            out[r0:r1, :, 0] = values[:k]
+            out[r0:r1, :, 1:] = values[:k, :, None]  # the still image fills the other temporal slots
+        else:
+            np.take(table, index[:k], out=out[r0:r1].reshape(k, channels, tp * p * p), mode="wrap")
     return out.reshape(rows, channels * tp * p * p)
 
 
