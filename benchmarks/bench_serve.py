@@ -4,7 +4,8 @@ A small random model (CPU, fp32) is served in this process (uvicorn in a backgro
 httpx client sends R requests with at most C in flight. Every request generates exactly `--max-tokens` tokens
 (`ignore_eos`), so the work per request is fixed. Rounds interleave the modes (one by one, C=8, C=32) so that noise
 from the shared host hits them alike; the table reports medians. The machine's own limit is measured in the same
-run: the model's raw batched decode loop (no server, no sampling, no text), tokens/s at batch 1 and at batch 32.
+run: the model's raw batched decode loop (no server, no sampling, no text), tokens/s at batch 1 and at batch 32; and
+the Python API (`VLM.generate`, same requests one by one, stopping at EOS) shows what the HTTP layer costs.
 
     .venv/bin/python benchmarks/bench_serve.py --threads 2 --rounds 3 --out benchmarks/results/serve.md
 """
@@ -85,7 +86,7 @@ def main() -> int:
                "messages": [{"role": "user", "content": f"Write a short note about {topics[i % 8]}, number {i}."}]}
               for i in range(args.requests)]
     modes = [("one by one", 1), ("concurrency 8", 8), ("concurrency 32", 32)]
-    times: dict[str, list[float]] = {name: [] for name, _ in modes}
+    times: dict[str, list[float]] = {name: [] for name, _ in modes + [("Python API, one by one", 1)]}
     tokens: dict[str, int] = {}
     limits = {1: [], 32: []}
     app = create_app(vlm, ServeSettings(model_name="small", max_batch=32))
@@ -97,6 +98,12 @@ def main() -> int:
                 times[name].append(seconds)
                 tokens[name] = count
                 print(f"round {r} {name}: {seconds:.2f}s, {count} tokens", file=sys.stderr)
+            start, api_tokens = time.perf_counter(), 0  # the library without the server, one by one
+            for body in bodies:
+                done = vlm.generate(body["messages"], temperature=0, max_new_tokens=args.max_tokens)
+                api_tokens += len(done[0].token_ids)
+            times["Python API, one by one"].append(time.perf_counter() - start)
+            tokens["Python API, one by one"] = api_tokens
             for batch in limits:  # the limit, measured between rounds (server idle)
                 limits[batch].append(raw_decode_tokens_per_s(vlm.model, batch, 40, args.max_tokens))
         max_rows = app.state.scheduler.max_rows_seen
@@ -116,7 +123,7 @@ def main() -> int:
         "| mode | seconds | requests/s | tokens/s | vs one by one |",
         "|---|---|---|---|---|",
     ]
-    for name, _ in modes:
+    for name in times:
         seconds = statistics.median(times[name])
         lines.append(f"| {name} | {seconds:.2f} | {args.requests / seconds:.2f} | {tokens[name] / seconds:.0f} | "
                      f"{base / seconds:.2f}x |")

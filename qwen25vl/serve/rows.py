@@ -97,11 +97,6 @@ class Row:
         if params.repetition_penalty != 1:
             self.seen = seen_mask(request.inputs["input_ids"].reshape(1, -1), vocab_size, device)
 
-    @property
-    def needs_own_sampling(self) -> bool:
-        """Rows that cannot share one batched greedy argmax."""
-        return self.json is not None or self.seen is not None or not self.params.greedy
-
     def accept(self, token: int) -> list[Event]:
         """Record the sampled token; returns the events to send (text delta, finish)."""
         self.generated += 1

@@ -228,12 +228,28 @@ class Scheduler:
         self._deliver(self._rows, self._sample(self._rows, out.logits[:, -1].float()))
 
     def _sample(self, rows: list[Row], logits: torch.Tensor) -> list[int]:
-        """logits (B, V) -> one token per row: shared greedy argmax where possible, else each row on its own."""
-        tokens = logits.argmax(-1).tolist()
-        for i, row in enumerate(rows):
-            if not row.needs_own_sampling:
-                continue
-            row_logits = logits[i]
+        """logits (B, V) -> one token per row.
+
+        Rows without state of their own share one batched `sample` call (each with its own params); seeded rows
+        draw from their own generator (so a seed gives the same text whatever else is running) and JSON rows are
+        masked first, one row at a time.
+        """
+        own = {i for i, r in enumerate(rows) if r.json is not None or r.generator is not None}
+        shared = [i for i in range(len(rows)) if i not in own]
+        tokens = [0] * len(rows)
+        if shared:
+            sub = logits if len(shared) == len(rows) else logits[shared]
+            seen = None
+            if any(rows[i].seen is not None for i in shared):
+                seen = torch.zeros(sub.shape, dtype=torch.bool, device=sub.device)  # (B_shared, V)
+                for j, i in enumerate(shared):
+                    if rows[i].seen is not None:
+                        seen[j] = rows[i].seen[0]
+            picked = sample(sub, [rows[i].params for i in shared], None, seen).tolist()
+            for j, i in enumerate(shared):
+                tokens[i] = picked[j]
+        for i in sorted(own):
+            row, row_logits = rows[i], logits[i]
             if row.json is not None:
                 row_logits = row.json.mask(row_logits, row.params.max_new_tokens - row.generated)
             tokens[i] = int(sample(row_logits[None], row.params, row.generator, row.seen)[0])
