@@ -145,11 +145,13 @@ def create_app(vlm, settings: ServeSettings = ServeSettings(), *, defaults: Opti
         if req.model != settings.model_name:
             raise ApiError(404, f"model {req.model!r} does not exist; this server serves {settings.model_name!r}",
                            param="model", code="model_not_found")
+        arrived = time.monotonic()  # the timeout counts from here: fetching and processing included
         params = sampling_params(req, defaults, settings)
         inputs = await run_in_threadpool(prepare, req)
         json_mode = req.response_format is not None and req.response_format.type == "json_object"
         gen = GenRequest(inputs=inputs, params=params, n=req.n, json_mode=json_mode, ignore_eos=req.ignore_eos,
-                         timeout=settings.request_timeout, loop=asyncio.get_running_loop(), queue=asyncio.Queue())
+                         timeout=settings.request_timeout, created=arrived, loop=asyncio.get_running_loop(),
+                         queue=asyncio.Queue())
         try:
             scheduler.submit(gen)
         except QueueFull as err:
