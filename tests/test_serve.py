@@ -300,7 +300,17 @@ def test_full_queue_is_429_and_timeouts_are_504(vlm):
                 await client.close()
 
         outcomes = asyncio.run(main())
-    assert outcomes.count(429) >= 1 and outcomes.count(504) >= 1, outcomes
+        assert outcomes.count(429) >= 1 and outcomes.count(504) >= 1, outcomes
+
+        # a stream that already started when its time ran out ends with an error event the client raises
+        sync = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=30)
+        stream = sync.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "long"}],
+                                              max_tokens=2000, stream=True, extra_body={"ignore_eos": True})
+        received = 0
+        with pytest.raises(openai.APIError, match="request_timeout=1.0"):
+            for chunk in stream:
+                received += 1
+        assert received > 1
 
 
 def test_non_streaming_client_that_gives_up_frees_its_slot(server):
