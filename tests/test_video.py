@@ -241,3 +241,21 @@ def test_bad_videos(tmp_path):
         process_video(str(png))
     with pytest.raises(InputError, match="unsupported source type"):
         process_video(3.5)
+
+
+def test_truncated_video_and_failing_progress(tmp_path):
+    path = _encode(tmp_path / "v.mp4", 40, 4)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError, match="cut.mp4"):
+        process_video(str(cut))
+
+    def boom(done, total):
+        raise RuntimeError("stop here")
+
+    # an exception in the caller's callback ends the decode thread and reaches the caller unchanged
+    with pytest.raises(RuntimeError, match="stop here"):
+        process_video(str(path), progress=boom)
+    import threading
+
+    assert not any(t.name == "qwen25vl-video-decode" for t in threading.enumerate())
