@@ -137,3 +137,21 @@ def test_errors(ours, tmp_path):
     ours.config.save(tmp_path)
     with pytest.raises(InputError, match="dtype 'int8'"):
         Qwen25VL.from_pretrained(tmp_path, dtype="int8")
+
+
+def test_prepare_for_decode_keeps_values_keys_and_saving(tmp_path):
+    torch.manual_seed(0)
+    cfg = Qwen25VLConfig.preset("tiny")
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, tie_word_embeddings=False))
+    model = randomize_(Qwen25VL(cfg), seed=6).eval()
+    before = _logits(model)
+    keys = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model.prepare_for_decode()
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert q.stride() == (1, q.shape[0])  # column-major storage, same (out, in) shape
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == keys
+    assert (_logits(model) - before).abs().max().item() <= 1e-5
+    model.save_pretrained(tmp_path)
+    assert (_logits(Qwen25VL.from_pretrained(tmp_path)) - before).abs().max().item() <= 1e-5

@@ -123,10 +123,11 @@ class TextModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, spec: AttnSpec) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, spec: AttnSpec, keep: int = 0) -> torch.Tensor:
+        """`keep` > 0 returns only the last `keep` positions (the final norm is per position: skip the rest)."""
         cfg = self.config
         cos, sin = mrope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, embeds.dtype)
         x = embeds
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, spec, i)
-        return self.norm(x)
+        return self.norm(x[:, -keep:] if keep else x)
