@@ -136,7 +136,8 @@ def test_logits_to_keep_and_precomputed_features(models):
     full = _ours(ours, inputs).logits
     last = _ours(ours, inputs, logits_to_keep=1).logits
     assert last.shape[1] == 1 and torch.allclose(last[:, 0], full[:, -1], atol=1e-5)
-    feats = ours.encode_images(inputs["pixel_values"], inputs["image_grid_thw"])
+    with torch.no_grad():
+        feats = ours.encode_images(inputs["pixel_values"], inputs["image_grid_thw"])
     cached = {k: v for k, v in inputs.items() if k != "pixel_values"}
     assert torch.allclose(_ours(ours, cached, image_embeds=feats).logits, full, atol=1e-5)
 
@@ -173,10 +174,25 @@ def test_token_feature_mismatch_names_both_counts(models):
     _, ours = models
     inputs = build_prompt([3, ("image", (1, 4, 6)), 2], seed=14)  # 6 image tokens
     short = dict(inputs, input_ids=torch.cat([inputs["input_ids"][:, :5], inputs["input_ids"][:, 6:]], dim=1))
-    feats = ours.encode_images(inputs["pixel_values"], inputs["image_grid_thw"])
+    with torch.no_grad():
+        feats = ours.encode_images(inputs["pixel_values"], inputs["image_grid_thw"])
     with pytest.raises(InputError, match=r"5 image tokens in input_ids, image features of shape \(6, 64\)"):
         _ours(ours, {"input_ids": short["input_ids"]}, image_embeds=feats)
     with pytest.raises(InputError, match="6 image tokens but no image features"):
         _ours(ours, {"input_ids": inputs["input_ids"]})
     with pytest.raises(InputError, match="without image_grid_thw"):
         _ours(ours, {"input_ids": inputs["input_ids"], "pixel_values": inputs["pixel_values"]})
+
+
+@pytest.mark.xfail(strict=False, reason="vision_layout / attention cache index tensors per grid with lru_cache; one "
+                   "made under torch.inference_mode (generation) cannot be saved for backward later (owner: vision)")
+def test_training_forward_after_inference_mode_generation(models):
+    # A process that generates (inference_mode) and then trains (autograd) on the same grid shapes.
+    _, ours = models
+    inputs = build_prompt([3, ("image", (1, 6, 6)), 2], seed=15)
+    with torch.inference_mode():
+        ours(**inputs)
+    loss = ours(**inputs).logits.float().logsumexp(-1).mean()
+    loss.backward()
+    assert ours.visual.patch_embed.proj.weight.grad is not None
+    ours.zero_grad(set_to_none=True)
