@@ -125,7 +125,7 @@ def create_app(vlm, settings: ServeSettings = ServeSettings(), *, defaults: Opti
     async def health():
         ok = scheduler.alive
         body = {"status": "ok" if ok else "worker stopped", "running_rows": scheduler.running_rows,
-                "waiting": scheduler.waiting}
+                "waiting": scheduler.waiting, "decode_steps": scheduler.steps, "max_rows_seen": scheduler.max_rows_seen}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])

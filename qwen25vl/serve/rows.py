@@ -58,20 +58,36 @@ class GenRequest:
 
     def emit(self, events: list[Event]) -> None:
         """Hand events to the request's event loop (thread-safe; a closed loop means the client is gone)."""
-        if not events or self.loop is None or self.queue is None:
-            return
-        try:
-            self.loop.call_soon_threadsafe(_put_all, self.queue, events)
-        except RuntimeError:
-            self.cancelled.set()
+        if events:
+            emit_all([(self, events)])
 
     def fail(self, status: int, type_: str, message: str) -> None:
         self.emit([Event("error", text=message, reason=type_, status=status)])
 
 
-def _put_all(queue: asyncio.Queue, events: list[Event]) -> None:
-    for event in events:
-        queue.put_nowait(event)
+def emit_all(batch: list[tuple["GenRequest", list[Event]]]) -> None:
+    """Deliver one step's events of many requests with one wake-up per event loop.
+
+    Each `call_soon_threadsafe` wakes the loop's thread, which then holds the GIL while the worker waits for it:
+    measured on the shared 2-core host, about 2 ms per wake-up, as much as a decode step of a small model. So a step
+    costs one wake-up, not one per running request.
+    """
+    by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list]] = {}
+    for request, events in batch:
+        if events and request.loop is not None and request.queue is not None:
+            by_loop.setdefault(id(request.loop), (request.loop, []))[1].append((request, events))
+    for loop, items in by_loop.values():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            for request, _ in items:
+                request.cancelled.set()
+
+
+def _put_all(items: list[tuple["GenRequest", list[Event]]]) -> None:
+    for request, events in items:
+        for event in events:
+            request.queue.put_nowait(event)
 
 
 class Row:

@@ -26,7 +26,7 @@ from qwen25vl.generation.sampling import sample
 from qwen25vl.generation.vision_cache import VisionCache, encode_items
 from qwen25vl.model.kv_cache import KVCache
 from qwen25vl.serve.json_mode import token_byte_table
-from qwen25vl.serve.rows import Event, GenRequest, Row
+from qwen25vl.serve.rows import Event, GenRequest, Row, emit_all
 
 log = logging.getLogger("qwen25vl.serve")
 
@@ -267,6 +267,5 @@ class Scheduler:
                 request.finished_rows += 1
                 if request.finished_rows == request.n:
                     events.append(Event("end", usage={"completion_tokens": request.completion_tokens}))
-        for request, events in by_request.values():
-            request.emit(events)
+        emit_all(list(by_request.values()))
         self._keep([i for i, r in enumerate(self._rows) if r.finish_reason is None])
