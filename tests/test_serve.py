@@ -152,6 +152,10 @@ def test_video_file_and_frame_list(client, vlm, media_root):
                           **opts}, {"type": "text", "text": "What happens?"})
     assert got.choices[0].message.content == vlm.chat(api_messages, temperature=0, max_new_tokens=12)
     assert got.usage.prompt_tokens_details.video_tokens == 2 * 2 * 2  # 4 frames at 2 fps -> t=2, 56x56 -> 2x2
+    as_data = "data:video/mp4;base64," + base64.b64encode((media_root / "clip.mp4").read_bytes()).decode()
+    same = _ask(client, _user({"type": "video_url", "video_url": {"url": as_data, **opts}},
+                              {"type": "text", "text": "What happens?"}))
+    assert same.choices[0].message.content == got.choices[0].message.content
 
     frames = [_png(10 + i, size=(56, 56)) for i in range(4)]
     got = _ask(client, _user({"type": "video", "video": [_data_url(f) for f in frames], **opts},
