@@ -3,8 +3,11 @@ serving a random tiny checkpoint. Greedy answers must equal the Python API's; ba
 
 import asyncio
 import base64
+import contextlib
+import http.server
 import io
 import json
+import threading
 import time
 
 import numpy as np
@@ -53,6 +56,32 @@ def _write_mp4(path, frames: int = 8, fps: int = 4, size: int = 56):
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+@contextlib.contextmanager
+def _image_host(image: Image.Image):
+    """A loopback HTTP server holding one PNG; yields its URL."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    body = buf.getvalue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/cat.png"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +243,7 @@ def test_json_object_response_format(client):
     ({"type": "image_url", "image_url": {"url": "/etc/passwd"}}, "outside the allowed roots"),
     ({"type": "image_url", "image_url": {"url": "AAAA"}, "max_pixels": 10**7}, "max_image_pixels"),
     ({"type": "video", "video": ["x"] * 9}, "max_frames"),
+    ({"type": "video_url", "video_url": {"url": "clip.mp4", "total_pixels": 10**9}}, "max_request_pixels"),
 ])
 def test_bad_items_are_400s_naming_the_problem(client, part, match):
     with pytest.raises(openai.BadRequestError, match=match):
@@ -279,8 +309,15 @@ def test_client_dropped_mid_stream_frees_its_slot(server, client):
 
 
 def test_full_queue_is_429_and_timeouts_are_504(vlm):
-    settings = ServeSettings(model_name=NAME, max_batch=1, max_queue=1, request_timeout=1.0, limits=LIMITS)
-    with BackgroundServer(create_app(vlm, settings)) as srv:
+    settings = ServeSettings(model_name=NAME, max_batch=1, max_queue=1, request_timeout=1.0, limits=LIMITS,
+                             allow_private_urls=True)
+    with BackgroundServer(create_app(vlm, settings)) as srv, _image_host(_png(3)) as image_url:
+        # (this server may fetch from loopback: an http image URL works like the same image as a data URL)
+        sync = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=30)
+        by_url = _ask(sync, _user({"type": "image_url", "image_url": {"url": image_url}}), max_tokens=4)
+        by_data = _ask(sync, _user({"type": "image_url", "image_url": {"url": _data_url(_png(3))}}), max_tokens=4)
+        assert by_url.usage.prompt_tokens_details.image_tokens == 6
+        assert by_url.choices[0].message.content == by_data.choices[0].message.content
         client = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=30)
 
         async def one(delay):
@@ -307,7 +344,6 @@ def test_full_queue_is_429_and_timeouts_are_504(vlm):
         assert outcomes.count(429) >= 1 and outcomes.count(504) >= 1, outcomes
 
         # a stream that already started when its time ran out ends with an error event the client raises
-        sync = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=30)
         stream = sync.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "long"}],
                                               max_tokens=2000, stream=True, extra_body={"ignore_eos": True})
         received = 0

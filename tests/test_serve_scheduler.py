@@ -158,3 +158,45 @@ def test_more_choices_than_batch_rows_is_refused(vlm):
     inputs = dict(vlm.processor([{"role": "user", "content": "x"}]))
     with pytest.raises(InputError, match="max_batch=2"):
         scheduler.submit(GenRequest(inputs=inputs, params=vlm.defaults, n=3))
+
+
+def test_a_new_request_joins_the_running_batch(vlm):
+    """A request arriving while another decodes is prefilled between decode steps and finishes first."""
+    long_conv, short_conv = [{"role": "user", "content": "long one"}], [{"role": "user", "content": "short one"}]
+    long = GenRequest(inputs=dict(vlm.processor(long_conv)), params=vlm.defaults.updated(temperature=0,
+                      max_new_tokens=300), ignore_eos=True)
+    short = GenRequest(inputs=dict(vlm.processor(short_conv)),
+                       params=vlm.defaults.updated(temperature=0, max_new_tokens=8))
+    scheduler = Scheduler(vlm.model, vlm.tokenizer)
+    order = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for r in (long, short):
+            r.loop, r.queue = loop, asyncio.Queue()
+        scheduler.submit(long)
+        scheduler.start()
+        texts = {long.id: "", short.id: ""}
+
+        async def drain(r):
+            while True:
+                event = await asyncio.wait_for(r.queue.get(), timeout=30)
+                if event.kind == "delta":
+                    texts[r.id] += event.text
+                    if r is long and len(texts[long.id]) and short.queue is not None and not order:
+                        order.append("long started")
+                        scheduler.submit(short)
+                if event.kind == "end":
+                    order.append(r.id)
+                    return
+
+        await asyncio.gather(drain(long), drain(short))
+        return texts
+
+    try:
+        texts = asyncio.run(main())
+    finally:
+        scheduler.stop()
+    assert order == ["long started", short.id, long.id]
+    assert scheduler.max_rows_seen == 2
+    assert texts[short.id] == vlm.chat(short_conv, temperature=0, max_new_tokens=8)
