@@ -218,7 +218,7 @@ def report(args, prefill, load, decode, weights_bytes) -> str:
         f"- **median share of the fp32 matmul peak: {100 * statistics.median(share):.0f}%** (goal >= 75%), counting "
         f"{flops / 1e9:.0f} GFLOP per prefill (linear layers, causal attention, the head at one position)",
         f"- the decoder's seven linear layers alone, timed at the prefill's own shapes, take "
-        ff"{100 * statistics.median(gemm_share):.0f}% of our prefill time: torch's GEMMs at these shapes "
+        f"{100 * statistics.median(gemm_share):.0f}% of our prefill time: torch's GEMMs at these shapes "
         f"({args.tokens} x 896 x 4864 and smaller) run below the 2048^3 peak, which caps the share above",
         f"- max |logit difference| ours vs transformers: {prefill['diff']:.1e}",
         f"- logits for all {args.tokens} positions instead of the last: {full:.2f} s vs {last:.2f} s "
