@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -124,23 +123,7 @@ class ImageProcessorConfig:
 
 
 DEFAULT_CONFIG = ImageProcessorConfig()
-_POPULATE_BYTES = 32 << 20
 _ROWS_PER_CHUNK = 1024  # 1024 patch rows: 0.6 MB of indices, 2.4 MB of values
-
-
-def empty_populated(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-    """np.empty, but large buffers are mapped with MAP_POPULATE: on VMs where first-touch page faults are costly
-    (measured here: ~1-6 ms per MB when faulted one page at a time from numpy, ~0.7 ms per MB populated) this is
-    most of the cost of writing a big output once."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    flags = getattr(mmap, "MAP_POPULATE", None)
-    if nbytes < _POPULATE_BYTES or flags is None:
-        return np.empty(shape, dtype=dtype)
-    try:
-        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | flags)
-    except (OSError, ValueError):
-        return np.empty(shape, dtype=dtype)
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 def smart_resize(
@@ -253,7 +236,8 @@ def patchify_normalize(frames: np.ndarray, config: ImageProcessorConfig = DEFAUL
     blocks = np.ascontiguousarray(blocks.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7))
     rows = gt * gh * gw
     blocks = blocks.reshape(rows, channels, t_in * p * p)
-    out = empty_populated((rows, channels, tp, p * p), np.float32)
+    # np.empty: numpy asks for transparent huge pages on large buffers, which makes first writes cheap
+    out = np.empty((rows, channels, tp, p * p), dtype=np.float32)
     # one lookup over all channels: index = channel * 256 + level into the (3 * 256) table; done in row chunks
     # so the uint16 indices and (for images) the values stay in cache and no large temporary is allocated
     table = config._tables.reshape(-1)

@@ -31,7 +31,6 @@ from qwen25vl.processing.image import (
     DEFAULT_CONFIG,
     ImageProcessorConfig,
     ResizeInfo,
-    empty_populated,
     patchify_normalize,
     smart_resize,
 )
@@ -201,7 +200,7 @@ def process_video(
         lo, hi = frame_pixel_limits(len(indices), min_pixels, max_pixels, total_pixels)
         width, height = video.size
         rh, rw = smart_resize(height, width, config.factor, lo, hi)
-        out = empty_populated((len(indices), rh, rw, 3), np.uint8)
+        out = np.empty((len(indices), rh, rw, 3), dtype=np.uint8)
         done = 0
         for slots, frame in _prefetch(video.frames(indices)):
             if frame.shape[:2] != (height, width):
