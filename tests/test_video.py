@@ -259,3 +259,9 @@ def test_truncated_video_and_failing_progress(tmp_path):
     import threading
 
     assert not any(t.name == "qwen25vl-video-decode" for t in threading.enumerate())
+
+
+def test_extreme_aspect_ratio_names_the_video(tmp_path):
+    path = _encode(tmp_path / "thin.mp4", 8, 4, w=1024, h=4)
+    with pytest.raises(InputError, match=r"thin.mp4.*aspect ratio 256"):
+        process_video(str(path))

@@ -154,6 +154,13 @@ def resize_frames(frames: np.ndarray, height: int, width: int, out: np.ndarray |
     return out
 
 
+def _frame_size(height: int, width: int, lo, hi, config: ImageProcessorConfig, name: str) -> tuple[int, int]:
+    try:
+        return smart_resize(height, width, config.factor, lo, hi)
+    except InputError as e:
+        raise InputError(f"{name}: {e}") from None
+
+
 def _finish(frames: np.ndarray, indices: list[int], sampled_fps: float, video_fps: float, total: int,
             original: tuple[int, int], config: ImageProcessorConfig) -> ProcessedVideo:
     n, rh, rw, _ = frames.shape
@@ -199,7 +206,7 @@ def process_video(
                                              max_frames=max_frames, start=start, end=end, name=name)
         lo, hi = frame_pixel_limits(len(indices), min_pixels, max_pixels, total_pixels)
         width, height = video.size
-        rh, rw = smart_resize(height, width, config.factor, lo, hi)
+        rh, rw = _frame_size(height, width, lo, hi, config, name)
         out = np.empty((len(indices), rh, rw, 3), dtype=np.uint8)
         done = 0
         for slots, frame in _prefetch(video.frames(indices)):
@@ -280,7 +287,7 @@ def _process_frame_list(frames: Sequence[Any], fps, min_pixels, max_pixels, tota
     n = _ceil_by(len(images), FRAME_FACTOR)
     lo, hi = frame_pixel_limits(n, min_pixels, max_pixels, total_pixels)
     width, height = images[0].size
-    rh, rw = smart_resize(height, width, config.factor, lo, hi)
+    rh, rw = _frame_size(height, width, lo, hi, config, f"video (list of {len(frames)} frames)")
     out = np.stack([np.asarray(im.resize((rw, rh), Image.Resampling.BICUBIC)) for im in images])
     indices = list(range(len(images)))
     return _finish(out, indices, float(fps), float(fps), len(images), (width, height), config)
