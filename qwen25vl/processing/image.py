@@ -169,8 +169,9 @@ def resolve_pixel_limits(
         if px is not None and tok is not None:
             raise InputError(f"{name}: give {label}_pixels ({px}) or {label}_tokens ({tok}), not both")
         value = px if px is not None else (tok * pixels_per_token if tok is not None else default)
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-            raise InputError(f"{name}: {label}_pixels / {label}_tokens must be a positive integer, got {px if px is not None else tok!r}")
+        # JSON may carry 1003520.0: any positive number is accepted, counted in whole pixels
+        if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) or not value > 0:
+            raise InputError(f"{name}: {label}_pixels / {label}_tokens must be a positive number, got {px if px is not None else tok!r}")
         limits.append(int(value))
     if limits[0] > limits[1]:
         raise InputError(f"{name}: min_pixels {limits[0]} is over max_pixels {limits[1]}")
