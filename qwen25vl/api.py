@@ -20,6 +20,7 @@ import torch
 from qwen25vl.errors import CheckpointError, InputError
 from qwen25vl.generation.paths import EMBEDDED_MODEL_DIR, NO_EMBEDDED_MODEL, model_path  # noqa: F401 (re-exported)
 from qwen25vl.generation.generate import Completion, Delta, generate_batch, stream_batch
+from qwen25vl.generation.layout import use_decode_layout
 from qwen25vl.generation.sampling import SamplingParams
 from qwen25vl.generation.vision_cache import VisionCache
 
@@ -50,14 +51,21 @@ def resolve_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.d
 
 
 def load(path: str | Path | None = None, device=None, dtype=None, *, compile: bool = False,
-         vision_cache_bytes: int = 256 * 2**20) -> "VLM":
-    """Load a checkpoint folder (model, processor, generation defaults). compile: torch.compile the decode step."""
+         vision_cache_bytes: int = 256 * 2**20, decode_layout: bool | None = None) -> "VLM":
+    """Load a checkpoint folder (model, processor, generation defaults).
+
+    compile: torch.compile the decode step (pays on GPU; a cold compile costs seconds on CPU).
+    decode_layout: store wide LLM weights transposed for faster CPU decoding (`generation/layout.py`); default on
+    for CPU. vision_cache_bytes: LRU budget of image/video features reused across calls (0 = off).
+    """
     from qwen25vl.model.vlm import Qwen25VL
     from qwen25vl.processing.processor import Processor
 
     folder = model_path(path)
     device, dtype = resolve_device_dtype(device, dtype)
     model = Qwen25VL.from_pretrained(folder, dtype=dtype, device=device).eval()
+    if decode_layout if decode_layout is not None else device.type == "cpu":
+        use_decode_layout(model)
     processor = Processor.from_pretrained(folder)
     return VLM(model, processor, generation_config=_read_generation_config(folder), compile=compile,
                vision_cache=VisionCache(vision_cache_bytes) if vision_cache_bytes else None)

@@ -229,3 +229,23 @@ def test_sampling_with_seed_reproduces(model, tokenizer):
     a = _ours(model, inputs, params).tokens[0]
     assert a == _ours(model, inputs, params).tokens[0]
     assert a != _ours(model, inputs, params.updated(seed=321)).tokens[0]
+
+
+def test_decode_layout_keeps_values_names_and_tokens(folder, tokenizer):
+    from qwen25vl.generation.layout import use_decode_layout
+    from qwen25vl.model.vlm import Qwen25VL
+
+    model = Qwen25VL.from_pretrained(folder, dtype=torch.float32, device="cpu").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = image_prompt(tokenizer)
+    tokens = _ours(model, inputs).tokens[0]
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert use_decode_layout(model) == 2 * model.config.text.num_hidden_layers + 1  # gate, up per layer; lm_head
+    assert not model.model.layers[0].mlp.gate_proj.weight.is_contiguous()
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, logits, atol=1e-5, rtol=1e-5)
+    assert _ours(model, inputs).tokens[0] == tokens
+
