@@ -203,6 +203,14 @@ def test_streaming_equals_plain_and_reports_usage(client):
         plain.choices[0].finish_reason]
     assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
 
+    sampled = dict(n=2, temperature=1.0, top_k=0, top_p=1.0, seed=5, max_tokens=10)
+    plain = _ask(client, messages, **sampled)
+    texts = ["", ""]
+    for chunk in _ask(client, messages, stream=True, **sampled):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == [c.message.content for c in plain.choices]
+
 
 def test_stop_strings_and_sampling_options(client):
     messages = [{"role": "user", "content": "Count."}]
