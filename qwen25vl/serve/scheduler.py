@@ -217,8 +217,8 @@ class Scheduler:
                 for i in range(request.n)]
         logits = out.logits[:, -1].float().expand(request.n, -1)  # (n, V)
         tokens = self._sample(rows, logits)
-        self._rows.extend(rows)
-        self._cache = cache if self._cache is None else self._cache.concat(cache)
+        joined = cache if self._cache is None else self._cache.concat(cache)
+        self._rows, self._cache = self._rows + rows, joined  # together: rows and cache rows stay aligned
         self._deliver(rows, tokens)
 
     def _decode_step(self) -> None:
