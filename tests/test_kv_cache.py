@@ -144,6 +144,28 @@ def test_errors(model):
         _run(model, {"input_ids": torch.ones(2, 1, dtype=torch.long)}, cache=KVCache.for_model(model, 1, 4))
     with pytest.raises(InputError, match="at least one row"):
         KVCache.for_model(model, 2, 4).select([])
+    # A refused call leaves the cache as it was: the next step still works.
+    cache = KVCache.for_model(model, 1, 4)
+    _run(model, {"input_ids": torch.ones(1, 3, dtype=torch.long)}, cache=cache)
+    with pytest.raises(InputError, match="3 slots used \\+ 2 new tokens > max_len 4"):
+        _run(model, {"input_ids": torch.ones(1, 2, dtype=torch.long)}, cache=cache)
+    assert cache.lengths.tolist() == [3] and cache.rope_deltas.tolist() == [0]
+    assert _run(model, {"input_ids": torch.ones(1, 1, dtype=torch.long)}, cache=cache).position_ids[0, 0, 0] == 3
     other = KVCache(1, 1, 4, 2, 16)
     with pytest.raises(InputError, match="equal layers"):
         KVCache.for_model(model, 1, 4).concat(other)
+
+
+@pytest.mark.parametrize("keep", [1, 3, 50])
+def test_logits_to_keep_with_and_without_cache(model, keep):
+    # The last layer computes queries for the kept positions only; padding and the cache mask must still line up.
+    inputs = left_pad_batch([build_prompt([2, ("image", (1, 4, 4)), 6], seed=13), build_prompt([5], seed=14)])
+    full = _run(model, inputs).logits
+    n = min(keep, full.shape[1])
+    assert (_run(model, inputs, logits_to_keep=keep).logits - full[:, -n:]).abs().max().item() <= TOL
+    cache = KVCache.for_model(model, 2, 32)
+    out = _run(model, inputs, cache=cache, logits_to_keep=keep)
+    assert (out.logits - full[:, -n:]).abs().max().item() <= TOL
+    nxt = _run(model, {"input_ids": torch.tensor([[9], [8]])}, cache=cache)
+    ref = _run(model, _extend(inputs, [[9], [8]])).logits[:, -1]
+    assert (nxt.logits[:, 0] - ref).abs().max().item() <= TOL

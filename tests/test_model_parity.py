@@ -166,6 +166,8 @@ def test_packed_sequences_equal_separate_runs(models):
     # Given position ids (the training collator's) are used as they are.
     again = _ours(ours, packed, position_ids=out.position_ids, cu_seqlens=cu)
     assert torch.equal(again.logits, out.logits)
+    tail = _ours(ours, packed, cu_seqlens=cu, logits_to_keep=2).logits
+    assert (tail - out.logits[:, -2:]).abs().max().item() <= 1e-5
 
 
 def test_token_feature_mismatch_names_both_counts(models):

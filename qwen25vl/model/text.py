@@ -71,22 +71,28 @@ class TextAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, spec: AttnSpec, layer: int):
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, spec: AttnSpec, layer: int,
+                keep: int = 0) -> torch.Tensor:
+        """keep > 0: keys and values for every token, queries (and the output) for the last `keep` only."""
         batch, steps, _ = x.shape
         cos, sin = cos[:, :, None], sin[:, :, None]  # (B, T, 1, D) against (B, T, H, D)
-        q = apply_rotary(self.q_proj(x).view(batch, steps, self.num_heads, self.head_dim), cos, sin)
         k = apply_rotary(self.k_proj(x).view(batch, steps, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).view(batch, steps, self.num_kv_heads, self.head_dim)
+        if keep:
+            x, cos, sin = x[:, -keep:], cos[:, -keep:], sin[:, -keep:]
+        rows = x.shape[1]
+        q = apply_rotary(self.q_proj(x).view(batch, rows, self.num_heads, self.head_dim), cos, sin)
         if spec.plan is not None:  # (1, T, H, D) -> (T, H, D): segments of one packed row
             out = attention(q[0], k[0], v[0], cu_seqlens=spec.plan, causal=True)
             return self.o_proj(out.reshape(batch, steps, -1))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, T, H, D) -> (B, H, T, D)
         if spec.cache is not None:
             k, v, mask = spec.cache.update(layer, k, v)
-            out = attention(q, k, v, mask=mask)
+            out = attention(q, k, v, mask=mask[:, :, -rows:])
         else:
-            out = attention(q, k, v, mask=spec.mask, causal=spec.mask is None)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))  # (B, H, T, D) -> (B, T, H * D)
+            mask = None if spec.mask is None else spec.mask[:, :, -rows:]
+            out = attention(q, k, v, mask=mask, causal=mask is None)  # causal aligns the kept queries at the end
+        return self.o_proj(out.transpose(1, 2).reshape(batch, rows, -1))  # (B, H, T', D) -> (B, T', H * D)
 
 
 class TextMLP(nn.Module):
@@ -108,8 +114,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.mlp = TextMLP(cfg)
 
-    def forward(self, x, cos, sin, spec: AttnSpec, layer: int) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, spec, layer)
+    def forward(self, x, cos, sin, spec: AttnSpec, layer: int, keep: int = 0) -> torch.Tensor:
+        h = self.self_attn(self.input_layernorm(x), cos, sin, spec, layer, keep)
+        x = (x[:, -keep:] if keep else x) + h
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -124,10 +131,14 @@ class TextModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, spec: AttnSpec, keep: int = 0) -> torch.Tensor:
-        """`keep` > 0 returns only the last `keep` positions (the final norm is per position: skip the rest)."""
+        """`keep` > 0 returns only the last `keep` positions. The last layer's keys and values need every token,
+        but its queries, output projection and MLP only the kept ones (about one layer's work saved in prefill)."""
         cfg = self.config
         cos, sin = mrope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, embeds.dtype)
+        keep = keep if 0 < keep < embeds.shape[1] else 0
+        in_layer = keep if spec.plan is None else 0  # packed attention wants whole segments: trim after
         x = embeds
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, spec, i)
-        return self.norm(x[:, -keep:] if keep else x)
+            x = layer(x, cos, sin, spec, i, in_layer if i == last else 0)
+        return self.norm(x[:, -keep:] if keep and not in_layer else x)

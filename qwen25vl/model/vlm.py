@@ -103,9 +103,8 @@ class Qwen25VL(nn.Module):
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
         batch, steps = input_ids.shape
-        if cache is not None and cache.batch != batch:
-            raise InputError(f"the cache holds {cache.batch} rows but input_ids has {batch}")
         valid = self._valid_mask(attention_mask, batch, steps, cache)
+        _check_call(batch, steps, valid, cache, cu_seqlens, logits_to_keep)  # before anything touches the cache
         continuing = cache is not None and not cache.is_empty()
         cfg = self.config
 
@@ -125,9 +124,6 @@ class Qwen25VL(nn.Module):
             position_ids, rope_deltas = self._given_positions(position_ids, valid, batch, steps, cache)
 
         if cu_seqlens is not None:
-            if batch != 1 or cache is not None or valid is not None:
-                raise InputError("cu_seqlens (packed sequences) needs batch 1, no cache and no attention_mask, got "
-                                 f"batch {batch}, cache {cache is not None}, mask {valid is not None}")
             spec = AttnSpec(plan=VarlenPlan.build(cu_seqlens, input_ids.device))
         elif cache is not None:
             cache.stage(valid)
@@ -135,8 +131,6 @@ class Qwen25VL(nn.Module):
         else:
             spec = AttnSpec(mask=None if valid is None else padding_mask(valid))
 
-        if logits_to_keep < 0:
-            raise InputError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
         hidden = self.model(embeds, position_ids, spec, keep=logits_to_keep)
         if cache is not None:
             cache.advance(steps, valid)
@@ -198,6 +192,20 @@ class Qwen25VL(nn.Module):
         deltas = torch.where(count > 0, top + 1 - (seen + count), cache.rope_deltas.to(count.device))
         cache.rope_deltas.copy_(deltas)
         return position_ids, deltas.clone()
+
+
+def _check_call(batch, steps, valid, cache, cu_seqlens, logits_to_keep) -> None:
+    if logits_to_keep < 0:
+        raise InputError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
+    if cu_seqlens is not None and (batch != 1 or cache is not None or valid is not None):
+        raise InputError("cu_seqlens (packed sequences) needs batch 1, no cache and no attention_mask, got "
+                         f"batch {batch}, cache {cache is not None}, mask {valid is not None}")
+    if cache is not None:
+        if cache.batch != batch:
+            raise InputError(f"the cache holds {cache.batch} rows but input_ids has {batch}")
+        used = int(cache.lengths.max())
+        if used + steps > cache.max_len:
+            raise InputError(f"KV cache overflow: {used} slots used + {steps} new tokens > max_len {cache.max_len}")
 
 
 def _insert(embeds, input_ids, token_id, features, kind, strict):
