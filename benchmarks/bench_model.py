@@ -88,12 +88,16 @@ def layer_gemms_seconds(tokens: int) -> float:
 
 
 def prefill_flops(tokens: int) -> float:
-    """Linear layers (2 x params x tokens, the head at one position) plus causal attention (QK^T and PV)."""
+    """FLOPs our prefill performs: linear layers (2 x params x tokens) and causal attention (QK^T and PV); with
+    logits_to_keep=1 the last layer needs keys and values for every token but the rest for one, and so does the head."""
     t = TEXT
     kv = t["num_key_value_heads"] * t["hidden_size"] // t["num_attention_heads"]
-    per_layer = 2 * t["hidden_size"] * (t["hidden_size"] + kv) + 3 * t["hidden_size"] * t["intermediate_size"]
-    linear = 2 * per_layer * t["num_hidden_layers"] * tokens + 2 * t["hidden_size"] * t["vocab_size"]
-    attention = 2 * 2 * t["hidden_size"] * tokens * tokens / 2 * t["num_hidden_layers"]
+    kv_params = 2 * t["hidden_size"] * kv
+    rest = 2 * t["hidden_size"] ** 2 + 3 * t["hidden_size"] * t["intermediate_size"]
+    layers = t["num_hidden_layers"]
+    linear = 2 * ((kv_params + rest) * (layers - 1) * tokens + kv_params * tokens + rest + t["hidden_size"]
+                  * t["vocab_size"])
+    attention = 2 * 2 * t["hidden_size"] * tokens * tokens / 2 * (layers - 1)
     return linear + attention
 
 
@@ -216,7 +220,8 @@ def report(args, prefill, load, decode, weights_bytes) -> str:
         "",
         f"- **median speed-up over transformers: {statistics.median(speedup):.2f}x** (goal >= 1.0x)",
         f"- **median share of the fp32 matmul peak: {100 * statistics.median(share):.0f}%** (goal >= 75%), counting "
-        f"{flops / 1e9:.0f} GFLOP per prefill (linear layers, causal attention, the head at one position)",
+        f"{flops / 1e9:.0f} GFLOP per prefill (linear layers and causal attention as performed: the last layer's "
+        "queries, output projection and MLP, and the head, at the one kept position)",
         f"- the decoder's seven linear layers alone, timed at the prefill's own shapes, take "
         f"{100 * statistics.median(gemm_share):.0f}% of our prefill time: torch's GEMMs at these shapes "
         f"({args.tokens} x 896 x 4864 and smaller) run below the 2048^3 peak, which caps the share above",
