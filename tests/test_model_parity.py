@@ -28,11 +28,15 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def saved(tmp_path_factory):
     hf = make_hf_model(tie=False, seed=1)
-    folder = save_hf_model(hf, tmp_path_factory.mktemp("hf_tiny"))
-    ours = Qwen25VL.from_pretrained(folder, dtype=torch.float32).eval()
-    return hf, ours
+    return hf, save_hf_model(hf, tmp_path_factory.mktemp("hf_tiny"))
+
+
+@pytest.fixture(scope="module")
+def models(saved):
+    hf, folder = saved
+    return hf, Qwen25VL.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 def _ours(model, inputs, **kw):
@@ -198,3 +202,16 @@ def test_training_forward_after_inference_mode_generation(models):
     loss.backward()
     assert ours.visual.patch_embed.proj.weight.grad is not None
     ours.zero_grad(set_to_none=True)
+
+
+def test_bf16_text_equals_reference_bit_for_bit(saved):
+    # Half precision rounds after every op: the same op order as the reference gives the same logits exactly.
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    _, folder = saved
+    hf16 = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(folder), dtype=torch.bfloat16).eval()
+    ours16 = Qwen25VL.from_pretrained(folder, dtype=torch.bfloat16)
+    inputs = build_prompt([40], seed=16)
+    ref = hf_forward(hf16, inputs)
+    out = _ours(ours16, inputs).logits
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qwen25vl.model.attention import VarlenPlan, attention
-from qwen25vl.model.layers import RMSNorm, apply_rotary
+from qwen25vl.model.layers import RMSNorm, apply_rotary, rotate_half
 
 if TYPE_CHECKING:
     from qwen25vl.config import TextConfig
@@ -37,6 +37,14 @@ def mrope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, secti
     angles = pos * inv_freq
     angles = torch.cat([angles, angles], dim=-1)  # (B, T, D)
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE. fp32 takes the fused helper; bf16 / fp16 take the reference's three roundings
+    (q * cos, rotated * sin, their sum), so half-precision logits equal transformers' bit for bit."""
+    if x.dtype == torch.float32:
+        return apply_rotary(x, cos, sin)
+    return x * cos + rotate_half(x) * sin
 
 
 @dataclass
@@ -76,12 +84,12 @@ class TextAttention(nn.Module):
         """keep > 0: keys and values for every token, queries (and the output) for the last `keep` only."""
         batch, steps, _ = x.shape
         cos, sin = cos[:, :, None], sin[:, :, None]  # (B, T, 1, D) against (B, T, H, D)
-        k = apply_rotary(self.k_proj(x).view(batch, steps, self.num_kv_heads, self.head_dim), cos, sin)
+        k = rotary(self.k_proj(x).view(batch, steps, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).view(batch, steps, self.num_kv_heads, self.head_dim)
         if keep:
             x, cos, sin = x[:, -keep:], cos[:, -keep:], sin[:, -keep:]
         rows = x.shape[1]
-        q = apply_rotary(self.q_proj(x).view(batch, rows, self.num_heads, self.head_dim), cos, sin)
+        q = rotary(self.q_proj(x).view(batch, rows, self.num_heads, self.head_dim), cos, sin)
         if spec.plan is not None:  # (1, T, H, D) -> (T, H, D): segments of one packed row
             out = attention(q[0], k[0], v[0], cu_seqlens=spec.plan, causal=True)
             return self.o_proj(out.reshape(batch, steps, -1))
