@@ -27,6 +27,7 @@ CASES = [
     ("real width, 1 MP image (1008x1008)", 1280, 16, 3420, 3584, [(1, 72, 72)]),
     ("128 wide, 1 MP image", 128, 2, 342, 256, [(1, 72, 72)]),
     ("128 wide, 8 images of 336x336", 128, 2, 342, 256, [(1, 24, 24)] * 8),
+    ("128 wide, 32 images of 224x224", 128, 2, 342, 256, [(1, 16, 16)] * 32),
 ]
 DEPTH, FULL = 4, (1, 3)
 
@@ -134,10 +135,11 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for case in CASES:
+    for case in (c for c in CASES if args.only in c[0]):
         rows.append(run_case(*case, repeats=args.repeats))
         print(rows[-1], flush=True)
     text = report(rows, args.threads, args.repeats)
