@@ -83,7 +83,8 @@ def _read_generation_config(folder: Path) -> dict:
 
 
 def _is_batch(messages: Any) -> bool:
-    return isinstance(messages, (list, tuple)) and bool(messages) and all(isinstance(m, (list, tuple)) for m in messages)
+    return isinstance(messages, (list, tuple)) and bool(messages) and all(
+        isinstance(m, (list, tuple)) for m in messages)
 
 
 def as_conversation(prompt: str, images: Sequence[Any] = (), videos: Sequence[Any] = ()) -> list[dict]:

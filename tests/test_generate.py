@@ -217,6 +217,8 @@ def test_vision_cache_reuses_features(model, tokenizer, monkeypatch):
     other = image_prompt(tokenizer, seed=9)
     _ours(model, other, vision_cache=cache)
     assert len(calls) == 2 and len(cache) == 2
+    twice = _ours(model, _batch([inputs, inputs]), vision_cache=VisionCache())
+    assert twice.tokens == [plain, plain] and len(calls) == 3  # the same picture twice in a batch: encoded once
     small = VisionCache(max_bytes=cache.bytes // 2 + 1)  # room for one item's features only
     _ours(model, inputs, vision_cache=small)
     _ours(model, other, vision_cache=small)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qwen25vl.errors import InputError
 
-CHAT_HELP = "commands: /image PATH, /video PATH, /reset, /quit (anything else is your message)"
+CHAT_HELP = "commands: /image PATH, /video PATH, /reset, /quit (anything else is your message; // escapes a /)"
 
 
 def register(subparsers) -> None:
@@ -36,7 +36,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="float32 / bfloat16 / float16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--fps", type=float, help="video frames sampled per second (default 2)")
     p.add_argument("--max-pixels", type=int, help="per image / video frame pixel budget")
-    p.add_argument("--max-new-tokens", type=int, help="default: 512")
+    p.add_argument("--max-new-tokens", type=int, help="default: the checkpoint's generation_config, else 256")
     p.add_argument("--temperature", type=float, help="0 = greedy (default: the checkpoint's generation_config)")
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
@@ -47,7 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling(args) -> dict:
-    out = {"max_new_tokens": args.max_new_tokens if args.max_new_tokens is not None else 512,
+    out = {"max_new_tokens": args.max_new_tokens,
            "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
            "repetition_penalty": args.repetition_penalty, "seed": args.seed}
     if args.stop:
@@ -180,7 +180,9 @@ def cmd_chat(args) -> int:
                 attachments.append(make(rest.strip(), args))
                 print(f"(attached {rest.strip()})", file=sys.stderr)
                 continue
-            if command.startswith("/") and command not in ("//",):
+            if line.startswith("//"):  # a message that starts with a slash
+                line = line[1:]
+            elif command.startswith("/"):
                 raise InputError(f"unknown command {command!r}; {CHAT_HELP}")
             turn = {"role": "user", "content": attachments + [{"type": "text", "text": line}]}
             text, _ = _answer(vlm, history + [turn], sampling)

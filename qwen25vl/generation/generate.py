@@ -122,7 +122,7 @@ class TokenGenerator:
             self._cancelled.add(row)
 
     def _prefill(self) -> torch.Tensor:
-        kwargs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() and k.startswith("pixel") else v.to(self.device))
+        kwargs = {k: v.to(self.device, self.dtype) if k.startswith("pixel") else v.to(self.device)
                   for k, v in self.extra.items()}
         if "pixel_values" in kwargs:
             kwargs["image_embeds"] = encode_items(
@@ -130,8 +130,9 @@ class TokenGenerator:
         if "pixel_values_videos" in kwargs:
             kwargs["video_embeds"] = encode_items(
                 self.model, "video", kwargs.pop("pixel_values_videos"), kwargs["video_grid_thw"], self.vision_cache)
-        out = self.model(self.input_ids, attention_mask=self.attention_mask, cache=self.cache, logits_to_keep=1, **kwargs)
-        return out.logits[:, -1]
+        out = self.model(self.input_ids, attention_mask=self.attention_mask, cache=self.cache, logits_to_keep=1,
+                         **kwargs)
+        return out.logits[:, -1]  # (B, V): left padding puts every row's last prompt token in the last column
 
     @torch.inference_mode()
     def __iter__(self) -> Iterator[list[StepToken]]:

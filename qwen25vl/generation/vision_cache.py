@@ -77,12 +77,17 @@ def encode_items(model, kind: str, pixel_values: torch.Tensor, grid_thw: torch.T
     pieces = torch.split(pixel_values, sizes)
     keys = [item_key(kind, p, g) for p, g in zip(pieces, grids)]
     found = [cache.get(k) for k in keys]
-    missing = [i for i, f in enumerate(found) if f is None]
+    missing, first_of = [], {}  # the same picture twice in one call is encoded once
+    for i, f in enumerate(found):
+        if f is None and keys[i] not in first_of:
+            first_of[keys[i]] = i
+            missing.append(i)
     if missing:
         feats = encode(torch.cat([pieces[i] for i in missing]), grid_thw[missing])
         merge = feats.shape[0] / sum(sizes[i] for i in missing)  # tokens per patch (1 / merge_size^2)
         counts = [round(sizes[i] * merge) for i in missing]
         for i, f in zip(missing, torch.split(feats, counts)):
-            found[i] = f
             cache.put(keys[i], f)
+            found[i] = f
+        found = [f if f is not None else found[first_of[k]] for f, k in zip(found, keys)]
     return torch.cat(found)

@@ -58,9 +58,9 @@ def tiny_config(**overrides: Any):
             raise ConfigError(f"unknown tiny config override {key}={value!r}")
     if "hidden_size" in text and "out_hidden_size" not in vision:
         vision["out_hidden_size"] = text["hidden_size"]  # the merger feeds the LLM
-    return dataclasses.replace(
-        config, text=dataclasses.replace(config.text, **text), vision=dataclasses.replace(config.vision, **vision), **top
-    )
+    text_config = dataclasses.replace(config.text, **text)
+    vision_config = dataclasses.replace(config.vision, **vision)
+    return dataclasses.replace(config, text=text_config, vision=vision_config, **top)
 
 
 @torch.no_grad()
@@ -109,7 +109,8 @@ def make_tiny_checkpoint(
     init_random_weights(model, seed, embed_std)
     model.save_pretrained(folder)
     write_tiny_tokenizer(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({**PREPROCESSOR_CONFIG, **(preprocessor or {})}, indent=2))
+    preprocessor_config = {**PREPROCESSOR_CONFIG, **(preprocessor or {})}
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config, indent=2))
     gen_config = {
         "bos_token_id": config.bos_token_id,
         "pad_token_id": config.bos_token_id,  # <|endoftext|>, as the official file
