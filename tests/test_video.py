@@ -265,3 +265,21 @@ def test_extreme_aspect_ratio_names_the_video(tmp_path):
     path = _encode(tmp_path / "thin.mp4", 8, 4, w=1024, h=4)
     with pytest.raises(InputError, match=r"thin.mp4.*aspect ratio 256"):
         process_video(str(path))
+
+
+@pytest.mark.parametrize("video_fps", [1, 2, 4, 30])
+@pytest.mark.parametrize("seconds", [1, 3])
+def test_encoded_short_videos_sample_like_the_formula(tmp_path, video_fps, seconds):
+    n = video_fps * seconds
+    path = _encode(tmp_path / "v.mp4", n, video_fps, w=32, h=32)
+    try:
+        want_idx, want_fps = _reference_sampling(n, video_fps)
+    except ValueError:
+        with pytest.raises(InputError, match="need at least 2"):
+            process_video(str(path), min_pixels=1, max_pixels=32 * 32)
+        return
+    got = process_video(str(path), min_pixels=1, max_pixels=32 * 32)
+    assert got.total_frames == n and got.video_fps == video_fps
+    assert got.frame_indices == want_idx and got.sampled_fps == want_fps
+    assert got.second_per_grid_t == 2 / want_fps and got.grid_thw[0] == len(want_idx) // 2
+    assert got.timestamps == [want_idx[2 * g] / video_fps for g in range(len(want_idx) // 2)]
