@@ -94,7 +94,7 @@ def test_select_keeps_rows(model):
     _run(model, inputs, cache=cache)
     both = _run(model, {"input_ids": torch.tensor([[11], [22]])}, cache=cache)
     kept = cache.select([1])
-    assert kept.batch == 1 and kept.lengths.tolist() == [10]
+    assert kept.batch == 1 and kept.lengths.tolist() == [10] and kept.used() == 10
     single = KVCache.for_model(model, 1, 20)
     _run(model, build_prompt([9], seed=9), cache=single)
     _run(model, {"input_ids": torch.tensor([[22]])}, cache=single)
@@ -112,7 +112,7 @@ def test_concat_rows_of_different_lengths(model):
     _run(model, pa, cache=ca)
     _run(model, pb, cache=cb)
     joined = ca.concat(cb)
-    assert joined.max_len == 24 and joined.lengths.tolist() == [13, 12]
+    assert joined.max_len == 24 and joined.lengths.tolist() == [13, 12] and joined.used() == 13
     out = _run(model, {"input_ids": torch.tensor([[40], [41]])}, cache=joined)
     alone_a = _run(model, {"input_ids": torch.tensor([[40]])}, cache=ca)
     alone_b = _run(model, {"input_ids": torch.tensor([[41]])}, cache=cb)

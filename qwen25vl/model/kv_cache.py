@@ -25,7 +25,8 @@ class KVCache:
         shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)  # read-only outside this class
+        self._host_lengths = [0] * batch  # a host copy: decode steps need no device-to-host sync
         self.key_valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.rope_deltas = torch.zeros(batch, dtype=torch.long, device=device)
         self._pending: torch.Tensor | None = None  # (B, T) validity of the tokens being written
@@ -52,7 +53,11 @@ class KVCache:
         return self.k.shape[3]
 
     def is_empty(self) -> bool:
-        return not bool(self.lengths.any())
+        return max(self._host_lengths) == 0
+
+    def used(self) -> int:
+        """Slots used by the longest row (max of `lengths`)."""
+        return max(self._host_lengths)
 
     def num_valid(self) -> torch.Tensor:
         """(B,) long: real (non-padding) tokens seen per row."""
@@ -77,7 +82,7 @@ class KVCache:
             self._step = self._plan(steps)
         _, slots, mask, span = self._step
         if slots is None:  # every row at the same offset: a slice write
-            start = int(self.lengths[0])
+            start = self._host_lengths[0]
             self.k[layer, :, :, start : start + steps] = k_new
             self.v[layer, :, :, start : start + steps] = v_new
         else:
@@ -88,13 +93,13 @@ class KVCache:
         return self.k[layer, :, :, :span], self.v[layer, :, :, :span], mask
 
     def _plan(self, steps: int):
-        top = int(self.lengths.max())
+        top = self.used()
         if top + steps > self.max_len:
             raise InputError(f"KV cache overflow: {top} slots used + {steps} new tokens > max_len {self.max_len}")
         span = top + steps
         device = self.key_valid.device
         offsets = self.lengths[:, None] + torch.arange(steps, device=device)  # (B, T) slot of each new token
-        same = bool((self.lengths == self.lengths[0]).all())
+        same = len(set(self._host_lengths)) == 1
         valid_new = (torch.ones(self.batch, steps, dtype=torch.bool, device=device) if self._pending is None
                      else self._pending)
         if valid_new.shape != (self.batch, steps):
@@ -115,10 +120,11 @@ class KVCache:
         if steps == 0:
             return
         offsets = self.lengths[:, None] + torch.arange(steps, device=self.lengths.device)
-        if int(offsets.max()) >= self.max_len:
+        if self.used() + steps > self.max_len:
             raise InputError(f"KV cache overflow: advancing {steps} slots past max_len {self.max_len}")
         self.key_valid.scatter_(1, offsets, valid.to(self.key_valid.device).bool())
         self.lengths += steps
+        self._host_lengths = [n + steps for n in self._host_lengths]
         self._pending = None
         self._step = None
 
@@ -134,10 +140,12 @@ class KVCache:
         if idx.numel() == 0:
             raise InputError("select needs at least one row")
         out = self._empty_like(idx.numel(), self.max_len)
-        used = int(self.lengths[idx].max())  # slots beyond every kept row's length hold nothing worth copying
+        host = [self._host_lengths[i] for i in idx.tolist()]
+        used = max(host)  # slots beyond every kept row's length hold nothing worth copying
         out.k[:, :, :, :used] = self.k[:, idx, :, :used]
         out.v[:, :, :, :used] = self.v[:, idx, :, :used]
         out.lengths.copy_(self.lengths[idx])
+        out._host_lengths = host
         out.key_valid.copy_(self.key_valid[idx])
         out.rope_deltas.copy_(self.rope_deltas[idx])
         return out
@@ -150,12 +158,13 @@ class KVCache:
                              f"{tuple(self.k.shape)} {self.k.dtype} and {tuple(other.k.shape)} {other.k.dtype}")
         out = self._empty_like(self.batch + other.batch, max(self.max_len, other.max_len))
         for part, rows in ((self, slice(0, self.batch)), (other, slice(self.batch, None))):
-            used = int(part.lengths.max())
+            used = part.used()
             out.k[:, rows, :, :used] = part.k[:, :, :, :used]
             out.v[:, rows, :, :used] = part.v[:, :, :, :used]
             out.lengths[rows] = part.lengths
             out.key_valid[rows, : part.max_len] = part.key_valid
             out.rope_deltas[rows] = part.rope_deltas
+        out._host_lengths = self._host_lengths + other._host_lengths
         return out
 
     def _empty_like(self, batch: int, max_len: int) -> KVCache:

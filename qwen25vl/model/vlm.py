@@ -203,7 +203,7 @@ def _check_call(batch, steps, valid, cache, cu_seqlens, logits_to_keep) -> None:
     if cache is not None:
         if cache.batch != batch:
             raise InputError(f"the cache holds {cache.batch} rows but input_ids has {batch}")
-        used = int(cache.lengths.max())
+        used = cache.used()
         if used + steps > cache.max_len:
             raise InputError(f"KV cache overflow: {used} slots used + {steps} new tokens > max_len {cache.max_len}")
 
