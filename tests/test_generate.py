@@ -251,3 +251,15 @@ def test_decode_layout_keeps_values_names_and_tokens(folder, tokenizer):
         torch.testing.assert_close(model(**inputs).logits, logits, atol=1e-5, rtol=1e-5)
     assert _ours(model, inputs).tokens[0] == tokens
 
+
+
+def test_training_forward_after_generation(folder, tokenizer):
+    # generation runs under no_grad, not inference_mode: whatever the model caches per grid while generating must
+    # remain usable by autograd later in the same process (a generate-then-train loop, e.g. RL or eval in training)
+    from qwen25vl.model.vlm import Qwen25VL
+
+    model = Qwen25VL.from_pretrained(folder, dtype=torch.float32, device="cpu")
+    inputs = image_prompt(tokenizer, grid=(1, 6, 6))
+    _ours(model, inputs, SamplingParams(max_new_tokens=2))
+    model(**inputs).logits.logsumexp(-1).mean().backward()
+    assert model.visual.patch_embed.proj.weight.grad is not None

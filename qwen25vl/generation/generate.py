@@ -134,7 +134,9 @@ class TokenGenerator:
                          **kwargs)
         return out.logits[:, -1]  # (B, V): left padding puts every row's last prompt token in the last column
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: index tensors the model caches per grid during generation must stay usable by a
+    # later training forward in the same process (inference tensors cannot be saved for backward)
+    @torch.no_grad()
     def __iter__(self) -> Iterator[list[StepToken]]:
         active = [i for i in range(self.batch) if self.rows[i].max_new_tokens > 0]
         for i in range(self.batch):
