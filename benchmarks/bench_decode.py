@@ -21,6 +21,7 @@ every GEMM 2-3x slower and erratic (threads waiting on a core another job holds)
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -46,6 +47,22 @@ SIZES = {
                   vision_depth=2, vision_hidden_size=64, vision_intermediate_size=128, vision_num_heads=2,
                   vision_fullatt_block_indexes=(1,)),
 }
+
+
+NOTES = """Reading the figures (profiled separately on the same 0.5B weights, 1 thread, 2026-11-25):
+- Both models' decode steps are >95% matrix-vector products (`aten::mm` / `addmm`); Python and cache bookkeeping
+  are ~1 ms of a ~90-125 ms step. With the checkpoint's layout our step and transformers' take the same time: the
+  gain comes from the decode layout (`qwen25vl/generation/layout.py`), which stores the wide weights (MLP gate/up,
+  lm_head) transposed, same values and state_dict.
+- With it, every weight streams at 22-28 GB/s (gate/up 23, lm_head 28, down 22 GB/s), about what one core reads;
+  transformers' gate/up and lm_head run at ~17 and ~11 GB/s, 16.5 GB/s over the step. The 1.5x goal at batch 1 is
+  out of reach in fp32 here: ours would have to stream 25 GB/s sustained over the whole step, at the edge of what
+  one core reads. Fewer bytes (bf16 / int8 weights) are the next step; they change numerics, so are not compared.
+- Other things tried that gave nothing measurable: `torch.mv` / `addmv` instead of `F.linear` for one-row inputs,
+  transposing the square and narrow projections too, 2 threads (on the shared host, 2-3x slower and erratic).
+- Batch 8: both sides are GEMM-bound with M = 8 (~2.5x the batch-1 step for 8x the tokens); the layout is neutral.
+- Time to first token is the prefill (vision tower + 270-token LLM forward, logits for the last position only
+  on both sides) and is compute-bound: equal within noise."""
 
 
 def bandwidth_gbs(nbytes: int = 1 << 30, reps: int = 3) -> float:
@@ -126,6 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument("--write", help="markdown file for the results")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    load0 = os.getloadavg()[0]
     import transformers
 
     folder = tempfile.mkdtemp(prefix="bench_decode_")
@@ -176,8 +194,8 @@ def main(argv=None) -> int:
         f"Command: `.venv/bin/python benchmarks/bench_decode.py --size {args.size} --threads {args.threads} "
         f"--new-tokens {n} --reps {args.reps}`  ",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
-        f"transformers {transformers.__version__}. The host is shared with other engineers' jobs (load 5-10 on 2 "
-        "cores during the run): each cell is the median of the runs (best in brackets); the runs alternate the "
+        f"transformers {transformers.__version__}. The host is shared with other engineers' jobs (load average "
+        f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on 2 cores): each cell is the median of the runs (best in brackets); the runs alternate the "
         "three sides, so the ratios are the figures to read.",
         f"Model: size `{args.size}` ({sum(p.numel() for p in plain.parameters()) / 1e6:.0f}M parameters, fp32, "
         f"random weights, tied embedding); weights read per decode step at batch 1: {read_bytes / 1e9:.2f} GB.",
@@ -194,6 +212,8 @@ def main(argv=None) -> int:
         f"| {share(med['ours_t_b1'])} | |",
         "",
         "TTFT ratio is transformers' time / ours (above 1: ours faster).",
+        "",
+        NOTES,
         "",
         "All runs: " + "; ".join(f"{k} " + ", ".join(f"{x:.3f}" for x in v) for k, v in results.items()),
         "",
