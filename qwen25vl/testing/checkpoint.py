@@ -18,25 +18,6 @@ import torch
 
 from qwen25vl.errors import ConfigError
 
-# The official processor's values (mean / std of CLIP), with the tiny tokenizer's special ids where ids appear.
-PREPROCESSOR_CONFIG = {
-    "min_pixels": 3136,
-    "max_pixels": 12845056,
-    "patch_size": 14,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "do_resize": True,
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "do_convert_rgb": True,
-    "image_processor_type": "Qwen2VLImageProcessor",
-    "processor_class": "Qwen2_5_VLProcessor",
-}
-
-
 def tiny_config(**overrides: Any):
     """The tiny preset with overrides: text fields by name (`num_hidden_layers=3`), vision fields prefixed
     `vision_` (`vision_depth=4`), top-level ids by name (`image_token_id=...`)."""
@@ -98,7 +79,7 @@ def make_tiny_checkpoint(
 ) -> Path:
     """Write a random tiny model folder and return its path. `preprocessor` / `generation` update those files."""
     from qwen25vl.model.vlm import Qwen25VL
-    from qwen25vl.testing.tokenizer import write_tiny_tokenizer
+    from qwen25vl.testing.tokenizer import write_preprocessor_config, write_tiny_tokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -109,8 +90,7 @@ def make_tiny_checkpoint(
     init_random_weights(model, seed, embed_std)
     model.save_pretrained(folder)
     write_tiny_tokenizer(folder)
-    preprocessor_config = {**PREPROCESSOR_CONFIG, **(preprocessor or {})}
-    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config, indent=2))
+    write_preprocessor_config(folder, **(preprocessor or {}))
     gen_config = {
         "bos_token_id": config.bos_token_id,
         "pad_token_id": config.bos_token_id,  # <|endoftext|>, as the official file
