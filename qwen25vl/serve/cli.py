@@ -10,9 +10,19 @@ from qwen25vl.errors import ConfigError
 from qwen25vl.serve.settings import Limits, ServeSettings
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Show a default only where there is one and the help text does not already explain it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, [], False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_DefaultsFormatter)
     p.add_argument("--model", help="checkpoint folder (default: the embedded tiny model, when shipped)")
     p.add_argument("--served-model-name", help="the name clients pass as `model` (default: the folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
