@@ -109,3 +109,19 @@ def test_vision_errors_and_missing_file(tmp_path):
         Qwen25VLConfig.preset("huge")
     with pytest.raises(CheckpointError, match="config file not found"):
         Qwen25VLConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("name,total,vision", [
+    ("3b", 3_754_622_976, 668_684_288),  # 3.75B (tied head); vision 668.7M (REFERENCE 1.4)
+    ("7b", 8_292_166_656, 676_550_144),  # 8.29B on the model card; vision 676.6M
+    ("72b", 73_410_777_344, 704_573_696),  # 73.4B on the model card (vision MLP 3456)
+])
+def test_preset_parameter_counts_match_published(name, total, vision):
+    import torch
+
+    from qwen25vl.model.vlm import Qwen25VL
+
+    with torch.device("meta"):  # shapes only, no memory
+        model = Qwen25VL(Qwen25VLConfig.preset(name))
+    assert sum(p.numel() for p in model.parameters()) == total
+    assert sum(p.numel() for p in model.visual.parameters()) == vision
