@@ -131,15 +131,18 @@ def time_prefill(ref, ours, tokens: int, rounds: int) -> dict:
 
 
 def time_decode(ours, steps: int = 24, prompt: int = 64) -> dict:
-    """Seconds per decode step at batch 1 with a KV cache: default weight layout vs `prepare_for_decode` (a deep
+    """Seconds per decode step at batch 1 with a KV cache: default weight layout vs `use_decode_layout` (a deep
     copy), alternating token by token so both see the same load; ratios are per token pair."""
     import copy
 
     from qwen25vl.model.kv_cache import KVCache
 
-    prepared = copy.deepcopy(ours).prepare_for_decode()
+    from qwen25vl.generation.layout import use_decode_layout
+
+    prepared = copy.deepcopy(ours)
+    use_decode_layout(prepared)
     ids = torch.randint(0, 150000, (1, prompt), generator=torch.Generator().manual_seed(1))
-    models = {"default layout": ours, "prepare_for_decode()": prepared}
+    models = {"default layout": ours, "use_decode_layout()": prepared}
     caches = {name: KVCache.for_model(m, 1, prompt + steps + 1) for name, m in models.items()}
     times = {name: [] for name in models}
     token = torch.tensor([[7]])
@@ -233,16 +236,16 @@ def report(args, prefill, load, decode, weights_bytes) -> str:
         "passes logits_to_keep=1",
     ]
     if decode is not None:
-        ratios = [a / b for a, b in zip(decode["default layout"], decode["prepare_for_decode()"])]
+        ratios = [a / b for a, b in zip(decode["default layout"], decode["use_decode_layout()"])]
         lines += ["", f"## Decode step, batch 1, KV cache, {len(ratios)} tokens after a 64-token prompt", "",
                   "| layout | median ms/token | weight stream |", "|---|---|---|"]
         for name, values in decode.items():
             m = statistics.median(values)
             lines.append(f"| {name} | {1e3 * m:.0f} | {weights_bytes / m / 1e9:.1f} GB/s |")
         lines += ["", f"Median per-token ratio default / prepared: {statistics.median(ratios):.2f}x. Weight stream = "
-                  "fp32 language-model weights (tied head counted once) / time per token. `prepare_for_decode()` "
-                  "re-lays the decoder's linear weights column-major (same keys, shapes and values); the tied head "
-                  "stays row-major because the embedding lookup shares it. The generation engine measures decode "
+                  "fp32 language-model weights (tied head counted once) / time per token. `use_decode_layout()` "
+                  "(what qwen25vl.load does on CPU) stores the wide weights (MLP gate/up, lm_head) column-major "
+                  "(same keys, shapes and values). The generation engine measures decode "
                   "end to end; this only shows whether the layout helps on this machine."]
     if load is not None:
         size = load["size"]

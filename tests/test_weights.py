@@ -139,7 +139,9 @@ def test_errors(ours, tmp_path):
         Qwen25VL.from_pretrained(tmp_path, dtype="int8")
 
 
-def test_prepare_for_decode_keeps_values_keys_and_saving(tmp_path):
+def test_decode_layout_keeps_values_keys_and_saving(tmp_path):
+    from qwen25vl.generation.layout import use_decode_layout
+
     torch.manual_seed(0)
     cfg = Qwen25VLConfig.preset("tiny")
     import dataclasses
@@ -148,9 +150,9 @@ def test_prepare_for_decode_keeps_values_keys_and_saving(tmp_path):
     model = randomize_(Qwen25VL(cfg), seed=6).eval()
     before = _logits(model)
     keys = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    model.prepare_for_decode()
-    q = model.model.layers[0].self_attn.q_proj.weight
-    assert q.stride() == (1, q.shape[0])  # column-major storage, same (out, in) shape
+    assert use_decode_layout(model) > 0
+    gate = model.model.layers[0].mlp.gate_proj.weight
+    assert gate.stride() == (1, gate.shape[0])  # column-major storage, same (out, in) shape
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == keys
     assert (_logits(model) - before).abs().max().item() <= 1e-5
     model.save_pretrained(tmp_path)

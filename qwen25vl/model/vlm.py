@@ -36,24 +36,6 @@ class Qwen25VL(nn.Module):
         if self.config.text.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def prepare_for_decode(self) -> Qwen25VL:
-        """Re-lay the language model's linear weights column-major in memory; shapes, values and state_dict keys stay.
-
-        On CPU a decode step is a chain of matrix-vector products bound by memory bandwidth, and torch streams a
-        weight stored transposed faster (ENVIRONMENT.md: 16-19 GB/s against 12-13 GB/s). Prefill GEMMs may get
-        slower, so call this after the prompt, or measure. A tied head is left alone (the embedding lookup wants rows).
-        """
-        linears = [m for m in self.model.layers.modules() if isinstance(m, nn.Linear)]
-        if not self.config.text.tie_word_embeddings:
-            linears.append(self.lm_head)
-        with torch.no_grad():
-            for module in linears:
-                weight = module.weight
-                if weight.stride() == (1, weight.shape[0]):
-                    continue  # already column-major
-                module.weight = nn.Parameter(weight.t().contiguous().t(), requires_grad=weight.requires_grad)
-        return self
-
     # --- loading / saving (I/O lives in qwen25vl.weights) ----------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str | None = None,
