@@ -81,7 +81,10 @@ class Qwen25VL(nn.Module):
         image_embeds: torch.Tensor | None = None,
         video_embeds: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        mm_token_type_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
+        # mm_token_type_ids is accepted so that a processor's whole output can be passed as is (`model(**inputs)`);
+        # token types follow from the image/video token ids, so it carries nothing the model needs.
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
         batch, steps = input_ids.shape
