@@ -247,12 +247,14 @@ class VideoReader:
         self.fps = float(rate) if rate else 0.0
         ctx = stream.codec_context
         self.size = (ctx.width, ctx.height)
-        pts, keys = [], []
+        pts, keys, untimed = [], [], 0
         try:
             for packet in container.demux(stream):
                 if packet.size and packet.pts is not None:
                     pts.append(packet.pts)
                     keys.append(packet.is_keyframe)
+                elif packet.size:
+                    untimed += 1
         except Exception as e:  # av.FFmpegError and its many subclasses
             raise InputError(f"{name}: cannot read packets ({e})") from None
         order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
@@ -266,8 +268,18 @@ class VideoReader:
             raise InputError(f"{name}: the video stream has no frames")
         if self.fps <= 0 or self.size[0] <= 0 or self.size[1] <= 0:
             raise InputError(f"{name}: unreadable stream header (fps {self.fps}, size {self.size})")
-        # frame threads: both cores decode (the reference readers' default PyAV settings use one)
-        stream.thread_type = "AUTO"
+        # Frame threads only with cores to spare: process_video already keeps two busy (this decoder and the resize
+        # on the calling thread), and on 2 cores frame threads cost CPU for no gain (10-minute 720p: 17.5 s with
+        # PyAV's default slice threading, 19.4 s with frame threads). x264 writes one slice per frame, so slice
+        # threading decodes on one core, as the reference readers' default PyAV settings do.
+        stream.thread_type = "AUTO" if _cores() > 2 else "SLICE"
+        # Unwanted frames that no other frame references (H.264 / HEVC non-reference B-frames: about half of x264's
+        # default output) are not decoded at all: the decoder is told per packet. Only where every packet has a pts
+        # (frames are matched to the index by pts, so a skipped frame cannot shift the numbering) and for codecs
+        # whose FFmpeg decoder discards exactly the pictures nothing predicts from (checked bit for bit in tests).
+        self.can_skip = untimed == 0 and ctx.name in _SKIP_NONREF_CODECS
+        self._keep_pts: set[int] | None = None
+        self.decoded = 0  # frames the decoder returned, for tests and benchmarks
 
     def __enter__(self):
         return self
@@ -283,6 +295,7 @@ class VideoReader:
             wanted.setdefault(int(idx), []).append(slot)
         targets = sorted(wanted)
         index_of = {int(p): i for i, p in enumerate(self.pts)}
+        self._keep_pts = {int(self.pts[t]) for t in targets} if self.can_skip else None
         pos, ti = -1, 0  # pos: index of the last decoded frame; ti: the next target
         while ti < len(targets):
             sought = int(self.key_before[targets[ti]])
@@ -313,11 +326,33 @@ class VideoReader:
             raise InputError(f"{self.name}: cannot seek to frame {key} ({e})") from None
 
     def _decode(self):
+        """Frames from the current position on; packets of frames outside `_keep_pts` are decoded only if some
+        other frame references them (the codec's AVDISCARD_NONREF, set per packet: the decoder reads it when the
+        packet is submitted, frame threads included)."""
+        ctx, keep, skipping = self.stream.codec_context, self._keep_pts, False
+        ctx.skip_frame = "DEFAULT"  # a previous pass may have stopped while skipping
         try:
             for packet in self.container.demux(self.stream):
-                yield from packet.decode()
+                if keep is not None:
+                    skip = packet.size > 0 and packet.pts is not None and packet.pts not in keep
+                    if skip != skipping:
+                        ctx.skip_frame, skipping = ("NONREF" if skip else "DEFAULT"), skip
+                for frame in packet.decode():
+                    self.decoded += 1
+                    yield frame
         except Exception as e:  # av.FFmpegError: a corrupt packet or an unsupported codec
             raise InputError(f"{self.name}: cannot decode ({e})") from None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# FFmpeg decoders whose skip_frame=NONREF drops only pictures that no later picture predicts from
+_SKIP_NONREF_CODECS = frozenset({"h264", "hevc"})
 
 
 def open_video(resolved: Path | bytes, name: str) -> VideoReader:
