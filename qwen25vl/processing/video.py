@@ -170,9 +170,11 @@ def _frame_size(height: int, width: int, lo, hi, config: ImageProcessorConfig, n
 
 
 def _finish(frames: np.ndarray, indices: list[int], sampled_fps: float, video_fps: float, total: int,
-            original: tuple[int, int], config: ImageProcessorConfig) -> ProcessedVideo:
+            original: tuple[int, int], config: ImageProcessorConfig, pixels: np.ndarray | None = None) -> ProcessedVideo:
+    """`frames`: (n, h, w, 3) uint8, or any array of that shape when `pixels` is already computed."""
     n, rh, rw, _ = frames.shape
-    pixels = patchify_normalize(frames, config)
+    if pixels is None:
+        pixels = patchify_normalize(frames, config)
     tp = config.temporal_patch_size
     grid = (math.ceil(n / tp), rh // config.patch_size, rw // config.patch_size)
     spgt = tp / sampled_fps
@@ -215,21 +217,33 @@ def process_video(
         lo, hi = frame_pixel_limits(len(indices), min_pixels, max_pixels, total_pixels)
         width, height = video.size
         rh, rw = _frame_size(height, width, lo, hi, config, name)
-        out = np.empty((len(indices), rh, rw, 3), dtype=np.uint8)
+        n, tp = len(indices), config.temporal_patch_size
+        group_rows = (rh // config.patch_size) * (rw // config.patch_size)
+        # np.empty: numpy asks for huge pages on large buffers (first writes cheaper); filled group by group below
+        pixels = np.empty((math.ceil(n / tp) * group_rows, 3 * tp * config.patch_size ** 2), dtype=np.float32)
+        group = np.empty((tp, rh, rw, 3), dtype=np.uint8)  # the resized frames of the frame group being filled
+        resized = np.empty((1, rh, rw, 3), dtype=np.uint8)
         scratch = np.empty((1, height, width, 3), dtype=np.float32)
         done = 0
         with _one_torch_thread():
             for slots, frame in _prefetch(video.frames(indices)):
                 if frame.shape[:2] != (height, width):
                     frame = resize_frames(frame[None], height, width)[0]  # a mid-stream size change: follow the first
-                # one frame at a time, straight into the output: no full-size batch of floats is ever held
-                resize_frames(frame[None], rh, rw, out=out[slots[0]:slots[0] + 1], scratch=scratch)
-                for extra in slots[1:]:
-                    out[extra] = out[slots[0]]
+                # one frame at a time: no full-size batch of floats is ever held
+                resize_frames(frame[None], rh, rw, out=resized, scratch=scratch)
+                # slots arrive in order (sorted indices; a repeated index takes consecutive slots): each complete
+                # frame group is normalised into pixel_values now, while the decoder thread works on the next frames
+                for slot in slots:
+                    group[slot % tp] = resized[0]
+                    if slot % tp == tp - 1 or slot == n - 1:
+                        g = slot // tp
+                        pixels[g * group_rows:(g + 1) * group_rows] = patchify_normalize(group[:slot % tp + 1], config)
                 done += len(slots)
                 if progress is not None:
-                    progress(done, len(indices))
-        return _finish(out, indices, sampled_fps, video.fps, video.total_frames, (width, height), config)
+                    progress(done, n)
+        shape_only = np.broadcast_to(group[:1], (n, rh, rw, 3))
+        return _finish(shape_only, indices, sampled_fps, video.fps, video.total_frames, (width, height), config,
+                       pixels)
 
 
 @contextmanager
