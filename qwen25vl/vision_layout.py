@@ -102,7 +102,15 @@ class VisionLayout:
 def vision_layout(
     grids: tuple[Grid, ...], merge: int, window_size: int, patch_size: int, device: str = "cpu"
 ) -> VisionLayout:
-    """Cached per (grids, sizes, device): a video or a batch of images of the same sizes costs the index math once."""
+    """Cached per (grids, sizes, device): a video or a batch of images of the same sizes costs the index math once.
+
+    Built with inference mode off: the cached tensors must serve later autograd forwards too.
+    """
+    with torch.inference_mode(False):
+        return _make_layout(grids, merge, window_size, patch_size, device)
+
+
+def _make_layout(grids: tuple[Grid, ...], merge: int, window_size: int, patch_size: int, device: str) -> VisionLayout:
     units_per_window = window_size // merge // patch_size
     if units_per_window < 1:
         raise InputError(f"window_size {window_size} is smaller than one merge unit ({merge} x {patch_size} px)")

@@ -153,3 +153,16 @@ def test_shared_layers_keep_the_reference_math():
         norm_d = RMSNorm(16).to(dtype)
         norm_d.load_state_dict(norm.state_dict())
         torch.testing.assert_close(norm_d(h), manual)
+
+
+def test_layout_cached_under_inference_mode_serves_training(pair):
+    """Generation (inference_mode) then training on the same grid: the cached index tensors must allow backward."""
+    _, ours = pair
+    x, g = pixels([(1, 6, 22)])  # a grid no other test uses, so the first layout is made under inference mode
+    with torch.inference_mode():
+        want = ours(x, g)
+    out = ours(x, g)
+    out.square().mean().backward()
+    assert ours.patch_embed.proj.weight.grad is not None
+    torch.testing.assert_close(out.detach(), want)
+    ours.zero_grad(set_to_none=True)

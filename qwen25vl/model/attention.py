@@ -64,6 +64,13 @@ class VarlenPlan:
 
 @functools.lru_cache(maxsize=64)
 def _plan(bounds: tuple[int, ...], device: str) -> VarlenPlan:
+    # a cached plan outlives the call that made it: built under inference_mode (generation), its index tensors would
+    # be inference tensors that a later autograd forward (training) may not save for backward
+    with torch.inference_mode(False):
+        return _make_plan(bounds, device)
+
+
+def _make_plan(bounds: tuple[int, ...], device: str) -> VarlenPlan:
     if len(bounds) < 2 or bounds[0] != 0:
         raise InputError(f"cu_seqlens must start at 0 and hold at least two entries, got {list(bounds[:8])}")
     lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
