@@ -190,8 +190,6 @@ def test_token_feature_mismatch_names_both_counts(models):
         _ours(ours, {"input_ids": inputs["input_ids"], "pixel_values": inputs["pixel_values"]})
 
 
-@pytest.mark.xfail(strict=False, reason="vision_layout / attention cache index tensors per grid with lru_cache; one "
-                   "made under torch.inference_mode (generation) cannot be saved for backward later (owner: vision)")
 def test_training_forward_after_inference_mode_generation(models):
     # A process that generates (inference_mode) and then trains (autograd) on the same grid shapes.
     _, ours = models
