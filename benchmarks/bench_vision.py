@@ -28,13 +28,17 @@ CASES = [
     ("128 wide, 1 MP image", 128, 2, 342, 256, [(1, 72, 72)]),
     ("128 wide, 8 images of 336x336", 128, 2, 342, 256, [(1, 24, 24)] * 8),
     ("128 wide, 32 images of 224x224", 128, 2, 342, 256, [(1, 16, 16)] * 32),
+    # the released depth and attention schedule (28 window blocks, full attention in 7, 15, 23, 31) at 128 wide
+    ("128 wide, depth 32, 1 MP image", 128, 2, 342, 256, [(1, 72, 72)], (32, (7, 15, 23, 31))),
+    ("128 wide, depth 32, 8 images of 336x336", 128, 2, 342, 256, [(1, 24, 24)] * 8, (32, (7, 15, 23, 31))),
 ]
 DEPTH, FULL = 4, (1, 3)
 
 
-def vision_config(width, heads, mlp, out):
-    fields = dict(depth=DEPTH, hidden_size=width, intermediate_size=mlp, num_heads=heads, in_chans=3, patch_size=14,
-                  temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=FULL,
+def vision_config(width, heads, mlp, out, schedule=(DEPTH, FULL)):
+    depth, full = schedule
+    fields = dict(depth=depth, hidden_size=width, intermediate_size=mlp, num_heads=heads, in_chans=3, patch_size=14,
+                  temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=full,
                   out_hidden_size=out, tokens_per_second=2, hidden_act="silu")
     return VisionConfig(**fields)
 
@@ -85,9 +89,9 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def run_case(name, width, heads, mlp, out, grids, repeats):
+def run_case(name, width, heads, mlp, out, grids, schedule=(DEPTH, FULL), *, repeats):
     torch.manual_seed(0)
-    cfg = vision_config(width, heads, mlp, out)
+    cfg = vision_config(width, heads, mlp, out, schedule)
     ref, ours = build_pair(cfg)
     g = torch.tensor(grids)
     x = torch.randn(int(g.prod(-1).sum()), 1176)
@@ -115,7 +119,8 @@ def report(rows, threads, repeats) -> str:
         "",
         f"Command: `.venv/bin/python benchmarks/bench_vision.py --threads {threads} --repeats {repeats}`  ",
         f"torch {torch.__version__}, {threads} threads, fp32, inference_mode for both, same random weights; depth "
-        f"{DEPTH} with full attention in blocks {list(FULL)}; transformers with attn_implementation='sdpa'.  ",
+        f"{DEPTH} with full attention in blocks {list(FULL)} unless the case says depth 32 (then the released "
+        "schedule, full attention in 7, 15, 23, 31); transformers with attn_implementation='sdpa'.  ",
         "Times are the best of the interleaved runs; ratio = transformers / ours (> 1 means ours is faster), "
         "'pairs' = median of the per-pair ratios. Peak = best 4096^3 fp32 matmul measured between the timed runs; "
         "share = counted FLOPs (linear layers + attention) / best time / peak.",
