@@ -174,8 +174,10 @@ def test_sparse_decoding_seeks_and_converts_only_kept_frames(tmp_path, monkeypat
 
     monkeypatch.setattr(media.VideoReader, "_decode", counting)
     calls = []
+    threads = torch.get_num_threads()
     got = process_video(str(path), fps=2.0, max_frames=8, min_pixels=1, max_pixels=64 * 48,
                         progress=lambda done, total: calls.append((done, total)))
+    assert torch.get_num_threads() == threads  # the resize ran on one torch thread, then gave the count back
     assert len(got.frame_indices) == 8 and got.frame_indices == _reference_sampling(300, 30, max_frames=8)[0]
     assert counter["converted"] == 8
     assert counter["decoded"] < 150, counter  # seeking skipped most of the stream

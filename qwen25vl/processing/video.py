@@ -9,8 +9,10 @@ qwen-vl-utils (bicubic with antialias on the float frames, clamped and rounded b
 normalised like images.
 
 Decoding (PyAV) streams: one demux pass indexes the packets (frame count and keyframes, no decoding); then the
-decoder seeks to a keyframe whenever a whole stretch of unwanted frames can be skipped, converts to RGB only the
-frames it keeps, and resizes them as they come, so memory holds the sampled frames at their resized size.
+decoder, on its own thread, seeks to a keyframe whenever a whole stretch of unwanted frames can be skipped, does not
+decode unwanted frames that nothing references (H.264 / HEVC non-reference B-frames), and converts to RGB only the
+frames it keeps; the calling thread resizes them as they come and normalises each complete frame group straight
+into pixel_values, so memory holds the output plus a few frames.
 """
 
 from __future__ import annotations
