@@ -19,8 +19,14 @@ install: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest -q tests
 
+# Side-by-side timings against the reference; figures land in benchmarks/results/ (see BENCHMARKS.md). Minutes.
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_vision.py --threads 2 --repeats 3 --out benchmarks/results/vision_table.md
+	$(PY) benchmarks/bench_model.py --threads 2 --rounds 3 --tokens 1000
+	$(PY) benchmarks/bench_decode.py --threads 1
+	$(PY) benchmarks/bench_image.py --reps 3
+	$(PY) benchmarks/bench_tokenizer.py --turns 300 --reps 7
+	$(PY) benchmarks/bench_serve.py --threads 1 --rounds 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info
