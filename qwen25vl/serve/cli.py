@@ -23,7 +23,7 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
                               formatter_class=_DefaultsFormatter)
-    p.add_argument("--model", help="checkpoint folder (default: the embedded tiny model, when shipped)")
+    p.add_argument("--model", "-m", help="checkpoint folder (default: the embedded tiny model, when shipped)")
     p.add_argument("--served-model-name", help="the name clients pass as `model` (default: the folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
     p.add_argument("--port", type=int, default=8000)

@@ -13,7 +13,7 @@ import sys
 
 
 def _common(p: argparse.ArgumentParser, *, pixels: bool = True):
-    p.add_argument("--model", metavar="PATH", default=None, help="checkpoint folder (default: the embedded model)")
+    p.add_argument("--model", "-m", metavar="PATH", default=None, help="checkpoint folder (default: the embedded model)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap")
     p.add_argument("--device", default=None)
