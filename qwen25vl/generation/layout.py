@@ -53,20 +53,28 @@ def _as_row_split(module: nn.Linear) -> RowSplitLinear:
 
 
 @torch.no_grad()
-def use_decode_layout(model: nn.Module) -> int:
-    """Re-store the language model's wide Linear weights (MLP gate/up, lm_head) transposed in memory. Returns how
-    many changed.
+def use_decode_layout(model: nn.Module, threads: int | None = None) -> int:
+    """Re-store the language model's decode-bound Linear weights transposed in memory and split their few-row
+    products across threads. Returns how many changed.
 
-    Leaves the vision tower alone (prefill only: GEMMs, where the usual layout is as good). A tied lm_head is the
-    embedding matrix: re-laying it out keeps the lookup correct (a strided gather of one row per token).
+    With one thread only the wide ones (MLP gate/up, lm_head) change: transposing the square and narrow ones gains
+    nothing there. With two or more (`threads`, default torch's current count) the attention q/o and MLP down
+    projections join them, since splitting by output columns lets every core stream (0.5B, 2 threads: 13.6 -> 15.3
+    tokens/s over the wide ones alone). Leaves the vision tower alone (prefill only: GEMMs, where the usual layout
+    is as good). A tied lm_head is the embedding matrix: re-laying it out keeps the lookup correct (a strided
+    gather of one row per token).
     """
-    owners = [(layer.mlp, name) for layer in model.model.layers for name in ("gate_proj", "up_proj")]
+    threads = torch.get_num_threads() if threads is None else threads
+    names = {"mlp": ("gate_proj", "up_proj") + (("down_proj",) if threads > 1 else ()),
+             "self_attn": ("q_proj", "o_proj") if threads > 1 else ()}
+    owners = [(getattr(layer, part), name) for layer in model.model.layers for part, group in names.items()
+              for name in group]
     owners.append((model, "lm_head"))
     changed = 0
     for owner, name in owners:
         module = getattr(owner, name)
         if (isinstance(module, nn.Linear) and module.weight.is_contiguous() and module.weight.device.type == "cpu"
-                and module.out_features > module.in_features):
+                and (threads > 1 or module.out_features > module.in_features)):
             module.weight.data = module.weight.data.t().contiguous().t()  # (out, in) view of (in, out) storage
             setattr(owner, name, _as_row_split(module))
             changed += 1
