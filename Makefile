@@ -23,7 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_vision.py --threads 2 --repeats 3 --out benchmarks/results/vision_table.md
 	$(PY) benchmarks/bench_model.py --threads 2 --rounds 3 --tokens 1000
-	$(PY) benchmarks/bench_decode.py --threads 1
+	$(PY) benchmarks/bench_decode.py --threads 2 --reps 3
 	$(PY) benchmarks/bench_image.py --reps 3
 	$(PY) benchmarks/bench_tokenizer.py --turns 300 --reps 7
 	$(PY) benchmarks/bench_serve.py --threads 1 --rounds 2
