@@ -34,7 +34,7 @@ def media(tmp_path_factory):
     bad = root / "bad.png"
     bad.write_bytes(b"this is not a picture")
     video = root / "clip.mp4"
-    av = pytest.importorskip("av")
+    import av
     with av.open(str(video), "w") as container:
         stream = container.add_stream("libx264", rate=4)
         stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+import transformers  # noqa: F401
 
 from model_helpers import (  # noqa: E402
     build_prompt, hf_forward, left_pad_batch, make_hf_model, mm_token_type_ids, save_hf_model,

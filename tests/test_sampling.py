@@ -9,7 +9,7 @@ from qwen25vl.errors import InputError
 from qwen25vl.generation.sampling import SamplingParams, sample, sampling_probs, seen_mask
 from qwen25vl.generation.stopping import StopStringFilter, find_stop, partial_stop_len
 
-lp = pytest.importorskip("transformers.generation.logits_process")
+import transformers.generation.logits_process as lp
 
 
 def _hf_probs(logits, prev, p: SamplingParams):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("uvicorn")
+import openai
+import httpx
+import uvicorn  # noqa: F401
 
 import qwen25vl  # noqa: E402
 from qwen25vl.serve.app import create_app  # noqa: E402
@@ -41,7 +41,7 @@ def _data_url(image: Image.Image) -> str:
 
 
 def _write_mp4(path, frames: int = 8, fps: int = 4, size: int = 56):
-    av = pytest.importorskip("av")
+    import av
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width = stream.height = size

@@ -42,7 +42,6 @@ def _resized_size(vlm):
 
 
 def test_ground_maps_the_answer_to_the_original_image():
-    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
     vlm = FakeVLM('```json\n[{"bbox_2d": [56, 56, 168, 168], "label": "sun"}]\n```')
     result = ground(vlm, _photo(), "sun", max_pixels=28 * 28 * 100)
     info = _resized_size(vlm)
@@ -57,13 +56,11 @@ def test_ground_maps_the_answer_to_the_original_image():
 
 
 def test_ground_with_garbage_answer_reports_nothing_found():
-    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
     result = ground(FakeVLM("I see a yellow circle."), _photo(), "sun", mode="refer")
     assert result.items == [] and result.summary().startswith("no boxes parsed")
 
 
 def test_parse_document_sends_the_cookbook_prompts_and_maps_boxes():
-    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
     vlm = FakeVLM('```html\n<html><body><h1 data-bbox="28 28 280 56">Title</h1></body></html>\n```')
     doc = parse_document(vlm, _photo((560, 840)), max_pixels=28 * 28 * 150)
     (messages, _) = vlm.calls[0]
@@ -75,7 +72,6 @@ def test_parse_document_sends_the_cookbook_prompts_and_maps_boxes():
 
 
 def test_act_scales_to_the_screen_and_declares_the_resized_size():
-    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
     vlm = FakeVLM('<tool_call>\n{"name": "computer_use", "arguments": {"action": "left_click", '
                   '"coordinate": [100, 50]}}\n</tool_call>')
     screenshot = _photo((1280, 800))
@@ -116,7 +112,6 @@ def fake_load(monkeypatch):
 
 
 def test_cli_ground_draws_and_prints_json(tmp_path, fake_load, capsys):
-    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
     from qwen25vl.cli import main
 
     src = tmp_path / "in.png"
@@ -132,7 +127,6 @@ def test_cli_ground_draws_and_prints_json(tmp_path, fake_load, capsys):
 
 
 def test_cli_parse_doc_formats(tmp_path, fake_load, capsys):
-    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
     from qwen25vl.cli import main
 
     src = tmp_path / "page.png"
@@ -147,7 +141,6 @@ def test_cli_parse_doc_formats(tmp_path, fake_load, capsys):
 
 
 def test_cli_act_reports_a_bad_action_as_one_line(tmp_path, fake_load, capsys):
-    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
     from qwen25vl.cli import main
 
     src = tmp_path / "screen.png"
@@ -158,9 +151,7 @@ def test_cli_act_reports_a_bad_action_as_one_line(tmp_path, fake_load, capsys):
 
 
 def test_cli_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
-    pytest.importorskip("qwen25vl.processing.processor", reason="the processor has not landed")
-    checkpoint = pytest.importorskip("qwen25vl.testing.checkpoint", reason="the tiny checkpoint writer has not landed")
-    pytest.importorskip("qwen25vl.api", reason="the Python API has not landed")
+    import qwen25vl.testing.checkpoint as checkpoint
     from qwen25vl.cli import main
 
     model = checkpoint.make_tiny_checkpoint(tmp_path / "model")
@@ -182,9 +173,8 @@ def test_cli_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
 
 
 def test_cli_video_find_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
-    av = pytest.importorskip("av", reason="PyAV writes the test video")
-    pytest.importorskip("qwen25vl.processing.video", reason="the video processor has not landed")
-    checkpoint = pytest.importorskip("qwen25vl.testing.checkpoint", reason="the tiny checkpoint writer has not landed")
+    import av
+    import qwen25vl.testing.checkpoint as checkpoint
     import numpy as np
 
     from qwen25vl.cli import main
@@ -208,7 +198,6 @@ def test_cli_video_find_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
 
 
 def test_act_history_goes_back_to_the_model_frame():
-    pytest.importorskip("qwen25vl.processing.image", reason="the processor has not landed")
     answer = '<tool_call>{"name": "mobile_use", "arguments": {"action": "click", "coordinate": [100, 200]}}</tool_call>'
     vlm = FakeVLM(answer)
     shot = _photo((560, 1120))
@@ -237,7 +226,7 @@ class ProcessorOnlyVLM(FakeVLM):
 
 @pytest.mark.parametrize("size", [(1000, 700), (45, 300), (333, 333)])
 def test_wrapper_frame_equals_the_real_processors_grid(tmp_path, size):
-    proc_mod = pytest.importorskip("qwen25vl.processing.processor", reason="the processor has not landed")
+    import qwen25vl.processing.processor as proc_mod
     from qwen25vl.testing.tokenizer import write_tiny_tokenizer
 
     processor = proc_mod.Processor.from_pretrained(write_tiny_tokenizer(tmp_path))
