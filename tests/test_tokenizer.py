@@ -234,3 +234,19 @@ def test_recovered_merges_reach_every_token(real_dir):
     bpe = models.BPE(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], ignore_merges=False)
     unreachable = [tok for tok in model["vocab"] if len(bpe.tokenize(tok)) != 1]
     assert unreachable == []
+
+
+@pytest.mark.parametrize("text, at", [("a\ud800b", 1), ("caf\u00e9 \udcff", 5), ("ok" * 3000 + "\udfff", 6000)])
+def test_text_that_is_not_unicode_is_an_input_error_naming_the_position(tiny_dir, text, at):
+    tok = Tokenizer.from_pretrained(tiny_dir)
+    for encode in (tok.encode, lambda t: tok.encode_segments(t, []), lambda t: tok.encode_batch(["fine", t])):
+        with pytest.raises(InputError, match=rf"at character {at}: U\+D[8-9A-F][0-9A-F]{{2}} is a lone surrogate"):
+            encode(text)
+    assert tok.encode("caf\u00e9 \U0001f600") == tok.encode_segments("caf\u00e9 \U0001f600", [])[0]
+
+
+def test_non_utf8_bytes_from_a_command_line_are_an_input_error(tiny_dir):
+    # how Python hands argv / stdin bytes that are not UTF-8 to the program: lone surrogates (surrogateescape)
+    text = b"describe \xff\xfe this".decode("utf-8", "surrogateescape")
+    with pytest.raises(InputError, match="at character 9: U\\+DCFF"):
+        Tokenizer.from_pretrained(tiny_dir).encode(text)

@@ -52,6 +52,9 @@ SPECIAL_TOKEN_NAMES: tuple[str, ...] = tuple(name for name, _ in SPECIAL_TOKENS)
 # (none contains a newline): the pieces encode exactly like the whole. Python's \S is narrower than the regex's.
 _SAFE_CUT = re.compile(r"\n(?=\S)")
 _PIECE_CHARS = 2048
+# Surrogate code points are not characters: they reach Python from JSON escapes ("\ud800") and from command-line bytes
+# that are not UTF-8 (decoded with surrogateescape), and the Rust tokenizer cannot take them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # The pre-tokenisation regex of Qwen2 (tiktoken's cl100k pattern with single digits).
 QWEN2_SPLIT_REGEX = (
@@ -175,7 +178,10 @@ class Tokenizer:
         return self.encode_with_offsets(text, offsets=False)[0]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [enc.ids for enc in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            check_text(text, f"text {i}")
+        return [enc.ids for enc in self._tok.encode_batch(texts, add_special_tokens=False)]
 
     @staticmethod
     def is_safe_cut(text: str, position: int) -> bool:
@@ -189,6 +195,7 @@ class Tokenizer:
 
         Every cut must be a safe one (`is_safe_cut`); long segments are cut further at safe newlines.
         """
+        check_text(text)
         bounds = [0] + [c for c in cuts if 0 < c < len(text)] + [len(text)]
         pieces, owner = [], []
         for seg, (a, b) in enumerate(zip(bounds, bounds[1:])):
@@ -207,8 +214,7 @@ class Tokenizer:
 
     def encode_with_offsets(self, text: str, offsets: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids and each token's (start, end) character span in `text`."""
-        if not isinstance(text, str):
-            raise InputError(f"encode expects a str, got {type(text).__name__}")
+        check_text(text)
         if len(text) <= 2 * _PIECE_CHARS:
             enc = self._tok.encode(text, add_special_tokens=False)
             return enc.ids, (enc.offsets if offsets else [])
@@ -300,6 +306,22 @@ class IncrementalDecoder:
     def finish(self) -> str:
         """Flush bytes still held back (an unfinished character becomes U+FFFD)."""
         return self._utf8.decode(b"", final=True)
+
+
+def check_text(text: str, what: str = "text") -> None:
+    """Raise InputError unless `text` is a str of Unicode characters only (no lone surrogates), naming the position."""
+    if not isinstance(text, str):
+        raise InputError(f"{what}: expected a str, got {type(text).__name__}")
+    if text.isascii():
+        return
+    bad = _SURROGATE.search(text)
+    if bad is not None:
+        at = bad.start()
+        raise InputError(
+            f"{what}: invalid Unicode at character {at}: U+{ord(bad.group()):04X} is a lone surrogate "
+            f"(after {text[max(0, at - 20):at]!r}), not a character: a JSON escape such as \\ud800 without its pair, "
+            "or bytes that are not UTF-8, give this; send UTF-8 text"
+        )
 
 
 def _as_id_list(ids) -> list[int]:
