@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from qwen25vl.errors import InputError
-from qwen25vl.model.attention import VarlenPlan
+from qwen25vl.varlen import VarlenPlan
 
 Grid = tuple[int, int, int]  # (t, h, w) in patches
 
