@@ -1,5 +1,8 @@
 """M-RoPE position ids: the worked examples of REFERENCE 3.1, fps handling, padding, decode deltas, errors."""
 
+import math
+from fractions import Fraction
+
 import pytest
 import torch
 
@@ -115,3 +118,90 @@ def test_errors_name_the_counts():
     with pytest.raises(InputError, match="second_per_grid_ts has 2 values for 1 videos"):
         mrope_position_ids(_ids([VID] * 4), video_grid_thw=torch.tensor([[1, 4, 4]]),
                            second_per_grid_ts=[1.0, 2.0], **IDS)
+
+
+def _hand_temporal(frames: int, second_per_grid_t: Fraction, tokens_per_second: int = 2) -> list[int]:
+    """SPEC section 3 by hand, in exact arithmetic: frame group i sits at floor(i x second_per_grid_t x tps)."""
+    return [math.floor(i * second_per_grid_t * tokens_per_second) for i in range(frames)]
+
+
+@pytest.mark.parametrize("frames, seconds", [(9, Fraction(2, 3)), (5, Fraction(75, 4))],
+                         ids=["3fps", "capped-long-video-18.75s"])
+def test_fractional_seconds_per_grid_through_mrope(frames, seconds):
+    # 3 fps sampling gives 2/3 s per frame group (time scale 4/3); a long video capped at 768 frames has 18.75 s
+    # (scale 37.5). Truncating the scale before multiplying by the frame index would give 0, 1, 2, 3, ... and
+    # 0, 37, 74, ...: the ids must follow the exact product, and the text after the block resume at max id + 1.
+    ids = _ids([1, 2, VS], [VID] * frames, [VE, 3])  # grid (frames, 2, 2): one token per frame group
+    pos, delta = mrope_position_ids(ids, video_grid_thw=torch.tensor([[frames, 2, 2]]),
+                                    second_per_grid_ts=torch.tensor([float(seconds)]), **IDS)
+    start = 3
+    temporal = [start + t for t in _hand_temporal(frames, seconds)]
+    assert pos[0, 0, start : start + frames].tolist() == temporal
+    assert pos[1, 0, start : start + frames].tolist() == [start] * frames  # h and w stay at the block start
+    assert pos[2, 0, start : start + frames].tolist() == [start] * frames
+    after = temporal[-1] + 1
+    assert pos[:, 0, start + frames :].tolist() == [[after, after + 1]] * 3
+    assert delta.tolist() == [after + 2 - ids.shape[1]]
+
+
+def test_image_temporal_id_is_constant_even_with_two_frames():
+    # An image block's temporal row never advances (SPEC 3: "for images the temporal id is constant").
+    ids = _ids([VS], [IMG] * 8, [VE])
+    pos, _ = mrope_position_ids(ids, image_grid_thw=torch.tensor([[2, 4, 4]]), **IDS)
+    assert pos[0, 0, 1:9].tolist() == [1] * 8
+    assert pos[1, 0, 1:9].tolist() == [1, 1, 2, 2] * 2 and pos[2, 0, 1:9].tolist() == [1, 2, 1, 2] * 2
+
+
+def test_two_blocks_with_text_between_and_adjacent_blocks():
+    # text, image (2x2 units), text, image (1x3 units, an odd count), image right after it with no text between.
+    ids = _ids([7, VS], [IMG] * 4, [VE, 8, VS], [IMG] * 3, [IMG] * 4, [VE, 9])
+    grids = torch.tensor([[1, 4, 4], [1, 2, 6], [1, 4, 4]])
+    pos, delta = mrope_position_ids(ids, image_grid_thw=grids, **IDS)
+    t, h, w = pos[:, 0].tolist()
+    assert t == [0, 1] + [2] * 4 + [4, 5, 6] + [7] * 3 + [10] * 4 + [12, 13]
+    assert h == [0, 1] + [2, 2, 3, 3] + [4, 5, 6] + [7] * 3 + [10, 10, 11, 11] + [12, 13]
+    assert w == [0, 1] + [2, 3, 2, 3] + [4, 5, 6] + [7, 8, 9] + [10, 11, 10, 11] + [12, 13]
+    assert delta.tolist() == [14 - ids.shape[1]]
+
+
+def test_fully_padded_row_beside_a_vision_row():
+    ids = torch.tensor([[0, 0, 0, 0, 0, 0], [VS, IMG, IMG, IMG, IMG, VE]])
+    mask = torch.tensor([[0] * 6, [1] * 6])
+    pos, delta = mrope_position_ids(ids, mask, image_grid_thw=torch.tensor([[1, 4, 4]]), **IDS)
+    assert pos.shape == (3, 2, 6) and (pos[:, 0] == 0).all()
+    assert pos[:, 1].tolist() == [[0, 1, 1, 1, 1, 3], [0, 1, 1, 2, 2, 3], [0, 1, 2, 1, 2, 3]]
+    assert delta.tolist() == [0, 4 - 6]
+
+
+def test_text_positions_shape_and_batch_of_two_decode():
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    pos = text_position_ids(mask)
+    assert pos.shape == (3, 2, 3) and pos[:, 0].tolist() == [[0, 0, 1]] * 3
+    nxt = decode_position_ids(torch.tensor([2, 3]), torch.tensor([5, -1]), 2)
+    assert nxt.shape == (3, 2, 2)
+    assert nxt[:, 0].tolist() == [[7, 8]] * 3 and nxt[:, 1].tolist() == [[2, 3]] * 3
+
+
+def test_rope_deltas_per_row_and_single_token_rows():
+    # no mask: each row's own max (not the batch's)
+    pos = torch.tensor([[0, 1, 2, 3], [0, 1, 9, 9]]).expand(3, -1, -1)
+    assert rope_deltas_of(pos).tolist() == [0, 6]
+    # one valid token beside padding: its id alone decides (padding must not count as an id)
+    pos = torch.tensor([[0, 0, 0], [0, 0, 5]]).expand(3, -1, -1)
+    mask = torch.tensor([[0, 0, 1], [0, 0, 1]])
+    assert rope_deltas_of(pos, mask).tolist() == [0, 5]
+    assert rope_deltas_of(pos, torch.zeros(2, 3, dtype=torch.long)).tolist() == [0, 0]  # nothing valid: 0
+
+
+def test_shape_errors_name_the_argument():
+    with pytest.raises(InputError, match=r"input_ids must be \(batch, tokens\), got shape \(4,\)"):
+        mrope_position_ids(torch.tensor([1, 2, 3, 4]), **IDS)
+    with pytest.raises(InputError, match=r"attention_mask shape \(1, 3\) differs from input_ids \(1, 4\)"):
+        mrope_position_ids(_ids([1, 2, 3, 4]), torch.ones(1, 3), **IDS)
+    with pytest.raises(InputError, match=r"image_grid_thw must be \(count, 3\), got shape \(1, 4\)"):
+        mrope_position_ids(_ids([VS], [IMG] * 4, [VE]), image_grid_thw=torch.tensor([[1, 4, 4, 1]]), **IDS)
+    with pytest.raises(InputError, match=r"video_grid_thw must be \(count, 3\), got shape \(3,\)"):
+        mrope_position_ids(_ids([VID] * 4), video_grid_thw=torch.tensor([1, 4, 4]), **IDS)
+    with pytest.raises(InputError, match=r"row 1: a image block"):
+        mrope_position_ids(torch.tensor([[IMG] * 4, [IMG] * 3 + [1]]),
+                           image_grid_thw=torch.tensor([[1, 4, 4], [1, 4, 4]]), **IDS)
