@@ -44,7 +44,11 @@ def test_distribution_equals_transformers_processors(params):
     ours = sampling_probs(logits, params, prev)
     ref = _hf_probs(logits, prev, params)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
-    assert (ours > 0).sum() < 150 or params.top_k == 0  # filters really removed something where asked
+    kept = (ours > 0).sum(-1)  # per row
+    if params.top_k or params.top_p < 1 or params.min_p > 0:
+        assert (kept < 50).all(), f"a filter was asked for but every row keeps tokens {kept.tolist()}"
+    else:
+        assert (kept == 50).all()
 
 
 def test_greedy_is_argmax_after_repetition_penalty():
@@ -141,3 +145,59 @@ def test_stop_filter_never_leaks_and_cuts_at_first_stop(seed):
     out.append(f.flush())
     assert "".join(out) == expected
     assert f.stopped == (cut is not None)
+
+
+# --- sample()'s draws, not only sampling_probs(): seeded, many rows at once, tolerances from the binomial std ---
+
+DRAWS = 40000
+
+
+def _frequencies(logits_row: torch.Tensor, params, seed: int) -> torch.Tensor:
+    draws = sample(logits_row.repeat(DRAWS, 1), params, torch.Generator().manual_seed(seed))
+    return torch.bincount(draws, minlength=logits_row.shape[-1]).double() / DRAWS
+
+
+def _assert_matches(freq: torch.Tensor, probs: torch.Tensor, sigmas: float = 5.0):
+    """|freq - p| within `sigmas` binomial standard deviations sqrt(p (1 - p) / n) for every token (plus one draw)."""
+    probs = probs.double()
+    tol = sigmas * (probs * (1 - probs) / DRAWS).sqrt() + 1 / DRAWS
+    assert ((freq - probs).abs() <= tol).all(), f"draws {freq.tolist()} vs distribution {probs.tolist()}"
+
+
+LOGITS = torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]]).log()  # probabilities at temperature 1
+
+
+def test_top_p_alone_never_draws_outside_the_nucleus():
+    # before-mass 0, 0.5, 0.8, 0.9, 0.96: top_p 0.85 keeps tokens 0, 1, 2 (renormalised over 0.9)
+    freq = _frequencies(LOGITS, SamplingParams(temperature=1.0, top_p=0.85), seed=1)
+    assert freq[3] == 0 and freq[4] == 0
+    _assert_matches(freq, torch.tensor([0.5, 0.3, 0.1, 0, 0]) / 0.9)
+
+
+def test_min_p_alone_never_draws_below_the_threshold():
+    # min_p 0.15: tokens under 0.15 x 0.5 = 0.075 go (0.06 and 0.04)
+    freq = _frequencies(LOGITS, SamplingParams(temperature=1.0, min_p=0.15), seed=2)
+    assert freq[3] == 0 and freq[4] == 0
+    _assert_matches(freq, torch.tensor([0.5, 0.3, 0.1, 0, 0]) / 0.9)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_temperature_alone_shapes_the_draws(temperature):
+    freq = _frequencies(LOGITS, SamplingParams(temperature=temperature), seed=3)
+    _assert_matches(freq, (LOGITS[0] / temperature).softmax(-1))
+    # and the draws are far from the temperature-1 distribution (ignoring temperature would pass the check above
+    # only by accident): the largest gap is many standard deviations
+    plain = LOGITS[0].softmax(-1).double()
+    sigma = (plain * (1 - plain) / DRAWS).sqrt().max()
+    assert (freq - plain).abs().max() > 20 * sigma
+
+
+def test_mixed_rows_filter_only_where_asked():
+    # one batch: a top-p row, a plain row and a greedy row, drawn together
+    rows = [SamplingParams(temperature=1.0, top_p=0.85), SamplingParams(temperature=1.0), SamplingParams()]
+    logits = LOGITS.repeat(3 * DRAWS, 1)
+    draws = sample(logits, rows * DRAWS, torch.Generator().manual_seed(4)).view(DRAWS, 3)
+    top_p, plain, greedy = (torch.bincount(draws[:, i], minlength=5).double() / DRAWS for i in range(3))
+    assert top_p[3:].sum() == 0 and (plain[3:] > 0).all()
+    _assert_matches(plain, LOGITS[0].softmax(-1))
+    assert greedy.tolist() == [1, 0, 0, 0, 0]
