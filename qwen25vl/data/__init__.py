@@ -1,0 +1,1 @@
+"""Training data: records (JSONL of OpenAI-style messages), converters, encoding into samples, packing, loaders."""

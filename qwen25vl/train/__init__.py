@@ -1,0 +1,1 @@
+"""Training: losses, the packed forward, optimizer groups, schedules, distributed wrapping, checkpoint state."""
