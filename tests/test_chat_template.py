@@ -243,3 +243,125 @@ def test_system_parts_with_tools(tok):
     system["content"].append(IMG)
     with pytest.raises(InputError, match=r"messages\[0\].content\[2\]: a system message with tools can hold text only"):
         render_text([system], tools=TOOLS)
+
+
+@pytest.mark.parametrize("turns", [
+    [{"role": "system", "content": "You are terse."}] + LOSS_MESSAGES,
+    LOSS_MESSAGES[:2] + [{"role": "tool", "content": '{"colours": 3}'}] + LOSS_MESSAGES[2:],
+    [{"role": "system", "content": "S."}, {"role": "user", "content": "Q"}, {"role": "tool", "content": "R"},
+     {"role": "assistant", "content": "A"}, {"role": "system", "content": "Later system."},
+     {"role": "assistant", "content": "B"}],
+], ids=["explicit-system", "plain-tool-turn", "system-tool-and-late-system"])
+def test_loss_mask_trains_on_assistant_turns_only(turns, tok):
+    # System and tool turns are context, never targets (the official fine-tuning rule labels assistant turns only).
+    rendered = render(turns, tokenizer=tok)
+    ids, labels = ft_reference(tok, turns)
+    assert rendered.input_ids == ids and rendered.loss_mask == labels
+    answers = "".join(m["content"] + "<|im_end|>\n" for m in turns if m["role"] == "assistant")
+    assert tok.decode([t for t, m in zip(ids, rendered.loss_mask) if m]) == answers
+
+
+def test_loss_mask_with_system_and_tool_calls_without_tools(tok):
+    # The function-calling layout without `tools`: the system turn is rendered as a turn of its own, not trained on.
+    messages = [{"role": "system", "content": "Use tools."}] + TOOL_CONVERSATION[1:]
+    rendered = render(messages, tokenizer=tok)
+    trained = tok.decode([t for t, m in zip(rendered.input_ids, rendered.loss_mask) if m])
+    assert "Use tools." not in trained and "tool_response" not in trained
+    assert trained.startswith("Let me check.\n<tool_call>") and trained.endswith("Nice sunny.<|im_end|>\n")
+
+
+# The Qwen2.5-Instruct text models' own chat template (tokenizer_config.json of Qwen/Qwen2.5-*-Instruct), as
+# published, rendered by transformers' apply_chat_template: an independent reference for the function-calling
+# layout (tools block in the system turn, tool calls, tool results as a user turn). It renders string contents only
+# and its default system prompt is the text models' ("You are Qwen, created by Alibaba Cloud. ..."), where the VL
+# checkpoints use "You are a helpful assistant.".
+QWEN25_INSTRUCT_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+QWEN25_TEXT_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+TWO_TOOLS = TOOLS + [{"type": "function", "function": {"name": "convert", "description": "Units: °C → °F",
+                                                        "parameters": {"type": "object", "required": ["value"],
+                                                                       "properties": {"value": {"type": "number"}}}}}]  # fmt: skip
+TEXT_TOOL_CONVERSATION = [
+    {"role": "user", "content": "Weather in Paris and Lyon, in °F? «vite»"},
+    {"role": "assistant", "content": "Checking both.",
+     "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+                    {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Lyon"}}}]},
+    {"role": "tool", "content": '{"temperature": 21}'},
+    {"role": "tool", "content": '{"temperature": 25}'},
+    {"role": "assistant", "content": "",
+     "tool_calls": [{"name": "convert", "arguments": {"value": 21, "nested": {"list": [1, 2.5, None, True]}}}]},
+    {"role": "tool", "content": "69.8"},
+    {"role": "assistant", "content": "Paris 69.8 °F, Lyon 25 °C."},
+    {"role": "user", "content": "Thanks"},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("system", [None, "You are a weather bot."], ids=["default-system", "own-system"])
+@pytest.mark.parametrize("with_tools", [True, False], ids=["tools", "no-tools"])
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_function_calling_equals_qwen25_instruct_template(system, with_tools, add_generation_prompt, tok, hf_tok):
+    messages = ([{"role": "system", "content": system}] if system else []) + TEXT_TOOL_CONVERSATION
+    tools = TWO_TOOLS if with_tools else None
+    ref = hf_tok.apply_chat_template(messages, tools=tools, chat_template=QWEN25_INSTRUCT_TEMPLATE, tokenize=False,
+                                     add_generation_prompt=add_generation_prompt)
+    if system is None:  # the one intended difference: the VL checkpoints' default system prompt
+        assert ref.count(QWEN25_TEXT_DEFAULT_SYSTEM) == 1
+        ref = ref.replace(QWEN25_TEXT_DEFAULT_SYSTEM, "You are a helpful assistant.")
+    rendered = render(messages, tokenizer=tok, tools=tools, add_generation_prompt=add_generation_prompt)
+    assert rendered.text == ref
+    assert rendered.input_ids == hf_tok(ref, add_special_tokens=False)["input_ids"]
+    assert ref.count("<tool_call>\n{") == 3 + (1 if with_tools else 0) and ref.count("<tool_response>") == 3
