@@ -26,6 +26,7 @@ from qwen25vl.processing.media import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_TIMEOUT_S,
+    MAX_ASPECT_RATIO,
     describe,
     load_image,
 )
@@ -39,7 +40,6 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_MIN_PIXELS = 56 * 56  # the official preprocessor_config.json values (not transformers' class default max)
 DEFAULT_MAX_PIXELS = 28 * 28 * 16384
-MAX_ASPECT_RATIO = 200
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,11 @@ import binascii
 import io
 import os
 import socket
+import stat
+import struct
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
@@ -29,8 +32,11 @@ from qwen25vl.errors import InputError
 DEFAULT_TIMEOUT_S = 20.0
 DEFAULT_MAX_IMAGE_BYTES = 64 << 20
 DEFAULT_MAX_VIDEO_BYTES = 1 << 30
-# PIL's own hard limit (2 x Image.MAX_IMAGE_PIXELS); ours is checked first from the header, before any decoding.
+# PIL's own hard limit (2 x Image.MAX_IMAGE_PIXELS, which stays PIL's backstop); ours is checked from the header,
+# before any decoding. Decoding an image at the cap costs about 12 bytes a pixel at peak (PIL's 4-byte pixels, the
+# RGB copy, the white background under an alpha channel): about 2.1 GB at this default, 1.2 GB at the server's 1e8.
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+MAX_ASPECT_RATIO = 200  # longest over shortest side (SPEC section 4): more is an error, before decoding
 _CHUNK = 1 << 20
 
 
@@ -38,7 +44,7 @@ def describe(source: Any) -> str:
     """A short, printable name of a source for error messages."""
     if isinstance(source, (str, Path)):
         text = str(source)
-        if text.startswith("data:"):
+        if is_data_url(text):
             return f"data URL ({text[:30]}..., {len(text)} chars)"
         return repr(text if len(text) <= 200 else text[:200] + "...")
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -51,7 +57,13 @@ def describe(source: Any) -> str:
 
 
 def is_url(source: Any) -> bool:
-    return isinstance(source, str) and source.startswith(("http://", "https://"))
+    """An http(s) URL (schemes are case-insensitive: `HTTPS://` too)."""
+    return isinstance(source, str) and source[:8].lower().startswith(("http://", "https://"))
+
+
+def is_data_url(source: Any) -> bool:
+    """A `data:` URL (`DATA:` too: schemes are case-insensitive)."""
+    return isinstance(source, str) and source[:5].lower() == "data:"
 
 
 def fetch_url(url: str, *, what: str = "item", timeout: float = DEFAULT_TIMEOUT_S, max_bytes: int) -> bytes:
@@ -87,21 +99,90 @@ def fetch_url(url: str, *, what: str = "item", timeout: float = DEFAULT_TIMEOUT_
     return b"".join(chunks)
 
 
-def decode_data_url(url: str, *, what: str = "item") -> bytes:
-    """`data:[<mime>][;base64],<payload>` -> bytes (base64 payloads only: media is binary)."""
+def decode_data_url(url: str, *, max_bytes: int, what: str = "item", limit_name: str = "max_bytes") -> bytes:
+    """`data:[<mime>][;base64],<payload>` -> bytes, at most `max_bytes` of them (RFC 2397).
+
+    The one decoder of data URLs: the processor's and the server's (with its own cap and the cap's name for
+    messages). A base64 payload is measured before it is decoded, so an oversized one costs no decoding; other
+    payloads are percent-decoded and can only shrink. Whitespace inside base64 is ignored.
+    """
     header, sep, payload = url.partition(",")
-    if not sep or not header.endswith(";base64"):
-        raise InputError(f"{what} {describe(url)}: only base64 data URLs are supported ('data:<mime>;base64,...')")
+    if not sep:
+        raise InputError(f"{what} {describe(url)}: malformed data URL (no ',' before the payload)")
+    if header.rstrip().lower().endswith(";base64"):
+        payload = "".join(payload.split())
+        size = len(payload) * 3 // 4 - payload[-2:].count("=")
+        _check_size(size, max_bytes, what, describe(url), limit_name)
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise InputError(f"{what} {describe(url)}: not valid base64 ({e})") from None
+    else:
+        data = urllib.parse.unquote_to_bytes(payload)
+        _check_size(len(data), max_bytes, what, describe(url), limit_name)
+    if not data:
+        raise InputError(f"{what} {describe(url)}: empty (zero bytes)")
+    return data
+
+
+def _check_size(size: int, max_bytes: int, what: str, name: str, limit_name: str) -> None:
+    if size > max_bytes:
+        raise InputError(f"{what} {name}: {size} bytes is over the limit {limit_name}={max_bytes}")
+
+
+def check_local_file(path: str | os.PathLike, *, what: str = "item", max_bytes: int | None = None,
+                     limit_name: str = "max_bytes") -> Path:
+    """A path that names a non-empty regular file -> that Path; anything else is an InputError saying what it is.
+
+    Directories, FIFOs (opening one would block), devices (`/dev/zero` never ends), sockets, NUL bytes and
+    overlong names are refused from `stat` alone, before anything is opened.
+    """
+    text = str(check_path_text(path, what=what))
+    name = describe(text)
     try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InputError(f"{what} {describe(url)}: invalid base64 payload ({e})") from None
+        info = os.stat(text)
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"{what} {name}: does not exist (no such file)") from None
+    except PermissionError:
+        raise InputError(f"{what} {name}: permission denied") from None
+    except (OSError, ValueError) as e:  # ENAMETOOLONG, ELOOP, EIO, ...
+        raise InputError(f"{what} {name}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{what} {name}: is {_file_kind(info.st_mode)}, not a regular file")
+    if info.st_size == 0:
+        raise InputError(f"{what} {name}: empty file (zero bytes)")
+    if max_bytes is not None:
+        _check_size(info.st_size, max_bytes, what, name, limit_name)
+    return Path(text)
+
+
+def check_path_text(path: str | os.PathLike, *, what: str = "item") -> Path:
+    """The path a string names, `~` expanded; a NUL byte (no OS path has one) is an InputError."""
+    text = os.fsdecode(path)
+    if "\0" in text:
+        raise InputError(f"{what} {describe(text)}: the path contains a NUL byte")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError as e:  # ~user of an unknown user
+        raise InputError(f"{what} {describe(text)}: {e}") from None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((label for test, label in kinds if test(mode)), "not a file")
+
+
+def file_url_path(url: str) -> str:
+    """`file:///a%20b.png` -> `/a b.png`."""
+    return urllib.parse.unquote(urllib.parse.urlsplit(url).path)
 
 
 def resolve_source(
     source: Any, *, what: str = "item", timeout: float = DEFAULT_TIMEOUT_S, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 ) -> Path | bytes | None:
-    """A path, URL, data URL or bytes -> a local `Path` or the bytes; None for in-memory objects (PIL, arrays)."""
+    """A path, URL, data URL or bytes -> a local `Path` (a checked regular file) or the bytes; None for in-memory
+    objects (PIL, arrays). `max_bytes` caps downloads and data URLs; local files are read as streams."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
@@ -110,21 +191,14 @@ def resolve_source(
     if isinstance(source, str):
         if is_url(source):
             data = fetch_url(source, what=what, timeout=timeout, max_bytes=max_bytes)
-        elif source.startswith("data:"):
-            data = decode_data_url(source, what=what)
-        else:
-            source = Path(source[7:] if source.startswith("file://") else source)
-            data = None
-        if data is not None:
             if not data:
                 raise InputError(f"{what} {describe(source)}: empty (zero bytes)")
             return data
-    if isinstance(source, Path):
-        if not source.is_file():
-            raise InputError(f"{what} {describe(source)}: no such file")
-        if source.stat().st_size == 0:
-            raise InputError(f"{what} {describe(source)}: empty file (zero bytes)")
-        return source
+        if is_data_url(source):
+            return decode_data_url(source, max_bytes=max_bytes, what=what)
+        return check_local_file(file_url_path(source) if source[:7].lower() == "file://" else source, what=what)
+    if isinstance(source, os.PathLike):
+        return check_local_file(source, what=what)
     return None
 
 
@@ -156,9 +230,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit greyscale: PIL's convert would clip at 255 (an almost white image); scale to 8 bits instead.
-        a = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(a / 257.0, 0, 255).round().astype(np.uint8))
+        # 16-bit greyscale: PIL's convert would clip at 255 (an almost white image); scale to 8 bits instead:
+        # round(v / 257) in integers (v / 257 is never a tie: 257 is odd), 8 bytes a pixel instead of 32 in floats
+        a = np.asarray(image).astype(np.int64)
+        a *= 2
+        a += 257
+        a //= 514
+        image = Image.fromarray(np.clip(a, 0, 255, out=a).astype(np.uint8))
     elif image.mode == "F":
         a = np.asarray(image, dtype=np.float64)
         scale = 255.0 if np.nanmax(a, initial=0.0) <= 1.0 else 1.0
@@ -181,7 +259,12 @@ def load_image(
     timeout: float = DEFAULT_TIMEOUT_S,
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> Image.Image:
-    """A path, `file://` / http(s) / data URL, bytes, PIL image or array -> a decoded RGB PIL image (EXIF applied)."""
+    """A path, `file://` / http(s) / data URL, bytes, PIL image or array -> a decoded RGB PIL image (EXIF applied).
+
+    Bounds, all checked from the header before a pixel is decoded: width * height <= `max_image_pixels`, both sides
+    > 0, longest / shortest side <= MAX_ASPECT_RATIO; downloads and data URLs <= `max_bytes`. Peak memory is then
+    about 12 bytes per pixel of the cap (see DEFAULT_MAX_IMAGE_PIXELS) plus the encoded bytes.
+    """
     name = describe(source)
     if isinstance(source, np.ndarray):
         image = _from_array(source, name)
@@ -195,40 +278,48 @@ def load_image(
                 "(expected a path, URL, data URL, bytes, PIL image or numpy array)"
             )
         image = _open(resolved, name, max_image_pixels)
-    width, height = image.size
+    check_image_size(image.size, name, max_image_pixels)
+    try:
+        return to_rgb(ImageOps.exif_transpose(image) or image)
+    except _DECODE_ERRORS as e:
+        raise InputError(f"image {name}: cannot decode ({type(e).__name__}: {e})") from None
+
+
+def check_image_size(size: tuple[int, int], name: str, max_image_pixels: int) -> None:
+    """The limits an image's (width, height) must meet before decoding: the pixel cap and the aspect ratio."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise InputError(f"image {name}: empty image ({width}x{height})")
     if width * height > max_image_pixels:
         raise InputError(f"image {name}: {width}x{height} = {width * height} pixels is over the cap {max_image_pixels}")
-    if width == 0 or height == 0:
-        raise InputError(f"image {name}: empty image ({width}x{height})")
-    try:
-        image = ImageOps.exif_transpose(image) or image
-        return to_rgb(image)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise InputError(f"image {name}: cannot decode ({e})") from None
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise InputError(f"image {name}: {width}x{height}: aspect ratio {ratio:.1f} is over the limit {MAX_ASPECT_RATIO}")
+
+
+# What PIL's decoders raise on corrupt or hostile files, beside OSError (struct.error is an Exception, not OSError)
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
+                  ZeroDivisionError, OverflowError)
 
 
 def _open(resolved: Path | bytes, name: str, max_image_pixels: int) -> Image.Image:
-    fp = io.BytesIO(resolved) if isinstance(resolved, bytes) else os.fspath(resolved)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(fp)
-            # Image.open reads the header only: refuse a decompression bomb before decoding a single pixel.
-            width, height = image.size
-            if width * height > max_image_pixels:
-                raise InputError(
-                    f"image {name}: {width}x{height} = {width * height} pixels is over the cap {max_image_pixels}"
-                )
+    """Open, check the header's size, then decode the first frame (of an animation: the first only)."""
+    with (io.BytesIO(resolved) if isinstance(resolved, bytes) else open(resolved, "rb")) as fp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(fp)
+            check_image_size(image.size, name, max_image_pixels)  # the header alone: a bomb is refused undecoded
             image.load()
-    except InputError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise InputError(f"image {name}: over PIL's decompression-bomb limit ({e})") from None
-    except UnidentifiedImageError:
-        raise InputError(f"image {name}: not an image file (unrecognised format)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise InputError(f"image {name}: cannot decode, file truncated or corrupt ({e})") from None
-    return image
+            return image
+        except InputError:
+            raise
+        except Image.DecompressionBombError as e:
+            raise InputError(f"image {name}: over PIL's decompression-bomb limit ({e})") from None
+        except UnidentifiedImageError:
+            raise InputError(f"image {name}: not an image file (unrecognised format)") from None
+        except _DECODE_ERRORS as e:
+            raise InputError(f"image {name}: cannot decode, file truncated or corrupt ({e})") from None
 
 
 class VideoReader:

@@ -10,8 +10,6 @@ resolving symlinks and `..`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import http.client
 import ipaddress
 import socket
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from qwen25vl.errors import InputError
+from qwen25vl.processing.media import check_local_file, check_path_text, decode_data_url, is_data_url
 
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 Resolver = Callable[[str, int], Sequence[str]]
@@ -74,7 +73,7 @@ class MediaFetcher:
 
     def load(self, source: str, what: str = "media") -> bytes | Path:
         """`what` names the item in error messages (e.g. "messages[1].content[0] image")."""
-        if source.startswith("data:"):
+        if is_data_url(source):
             return self._data_url(source, what)
         scheme = urllib.parse.urlsplit(source).scheme.lower()
         if scheme in ("http", "https"):
@@ -89,42 +88,25 @@ class MediaFetcher:
     # ---- data URLs ----------------------------------------------------------------------------------------------
 
     def _data_url(self, source: str, what: str) -> bytes:
-        header, sep, payload = source.partition(",")
-        if not sep:
-            raise FetchError(f"{what}: malformed data URL {_short(source)} (no ',')")
-        if header.endswith(";base64"):
-            if len(payload) * 3 // 4 > self.policy.max_bytes:
-                raise FetchError(f"{what}: data URL of about {len(payload) * 3 // 4} bytes exceeds the limit "
-                                 f"max_fetch_bytes={self.policy.max_bytes}")
-            try:
-                data = base64.b64decode("".join(payload.split()), validate=True)
-            except (binascii.Error, ValueError) as err:
-                raise FetchError(f"{what}: data URL {_short(source)} is not valid base64 ({err})") from None
-        else:
-            data = urllib.parse.unquote_to_bytes(payload)
-        if len(data) > self.policy.max_bytes:
-            raise FetchError(f"{what}: data URL of {len(data)} bytes exceeds the limit "
-                             f"max_fetch_bytes={self.policy.max_bytes}")
-        return data
+        return _as_fetch_error(decode_data_url, source, max_bytes=self.policy.max_bytes, what=what,
+                               limit_name="max_fetch_bytes")
 
     # ---- local paths --------------------------------------------------------------------------------------------
 
     def local_path(self, raw: str, what: str) -> Path:
         if not self._roots:
-            raise FetchError(f"{what}: local path {raw!r} refused: the server has no local roots "
+            raise FetchError(f"{what}: local path {raw!r:.200} refused: the server has no local roots "
                              "(start it with --local-root DIR)")
-        given = Path(raw).expanduser()
-        candidates = [given.resolve()] if given.is_absolute() else [(root / given).resolve() for root in self._roots]
+        given = _as_fetch_error(check_path_text, raw, what=what)
+        try:
+            candidates = [given.resolve()] if given.is_absolute() else [(root / given).resolve() for root in self._roots]
+        except (OSError, RuntimeError) as err:  # a symlink loop
+            raise FetchError(f"{what}: local path {raw!r:.200} cannot be resolved ({err})") from None
         for path in candidates:
             if any(path == root or root in path.parents for root in self._roots):
-                if not path.is_file():
-                    raise FetchError(f"{what}: local file {raw!r} does not exist")
-                size = path.stat().st_size
-                if size > self.policy.max_bytes:
-                    raise FetchError(f"{what}: local file {raw!r} of {size} bytes exceeds the limit "
-                                     f"max_fetch_bytes={self.policy.max_bytes}")
-                return path
-        raise FetchError(f"{what}: local path {raw!r} is outside the allowed roots "
+                return _as_fetch_error(check_local_file, path, what=f"{what}: local file", max_bytes=self.policy.max_bytes,
+                                       limit_name="max_fetch_bytes")
+        raise FetchError(f"{what}: local path {raw!r:.200} is outside the allowed roots "
                          f"{[str(r) for r in self._roots]}")
 
     # ---- http(s) ------------------------------------------------------------------------------------------------
@@ -226,6 +208,16 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
     def connect(self):
         sock = socket.create_connection((self._address, self.port), self.timeout)
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # certificate checked for the name
+
+
+def _as_fetch_error(check, *args, **kwargs):
+    """Run one of the shared media checks, its InputError raised as this module's FetchError."""
+    try:
+        return check(*args, **kwargs)
+    except FetchError:
+        raise
+    except InputError as err:
+        raise FetchError(str(err)) from None
 
 
 def _short(text: str, limit: int = 80) -> str:
