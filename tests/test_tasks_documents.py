@@ -28,11 +28,11 @@ PAGE = """```html
 def test_blocks_in_reading_order_with_types_and_boxes():
     doc = parse_qwenvl_html(PAGE)
     kinds = [b.type for b in doc.blocks]
-    assert kinds == ["heading", "paragraph", "address", "paragraph", "heading", "image", "formula", "chart",
+    assert kinds == ["heading", "separator", "address", "paragraph", "heading", "image", "formula", "chart",
                      "list_item", "list_item", "table"]
     h1, empty, address, para = doc.blocks[:4]
     assert (h1.level, h1.text, h1.bbox) == (1, "Qwen2.5 Technical Report", (309, 96, 658, 127))
-    assert empty.text == "" and empty.bbox == (429, 156, 541, 182)  # an empty box is still layout
+    assert empty.text == "" and empty.bbox == (429, 156, 541, 182)  # an empty <p>: a separator, box kept
     assert address.text == "Qwen Team" and address.bbox is None  # no data-bbox: text kept, no box
     assert para.text == "See https://huggingface.co/Qwen and more"
     assert doc.blocks[7].attrs == {"class": "chart", "format": "bar"}
@@ -81,6 +81,8 @@ def test_truncated_answer_keeps_blocks_and_flags():
     doc = parse_qwenvl_html(cut)
     assert doc.truncated
     assert doc.blocks[-1].text == "cut mid sen" and doc.blocks[-1].bbox == (1, 2, 3, 4)
+    assert doc.blocks[-1].truncated and not any(b.truncated for b in doc.blocks[:-1])
+    assert doc.blocks[-1].to_dict()["truncated"] is True and "truncated" not in doc.blocks[0].to_dict()
 
 
 @pytest.mark.parametrize("garbage", ["", "I can't read this image.", "<<<>>>", "```html\n```", "</p></div>",
@@ -122,3 +124,87 @@ def test_html_tree_ignores_stray_end_tags_and_closes_at_eof():
 def test_non_string_is_a_user_error():
     with pytest.raises(InputError):
         parse_qwenvl_html(b"<p>")
+
+
+# ---- images with captions, separators, cuts mid-tag ------------------------------------------------------------
+
+CAPTIONED = """```html
+<html><body>
+<p data-bbox="60 40 500 90">Left column text.</p>
+<div class="image caption" data-bbox="60 100 500 420"><img data-bbox="60 100 500 380" alt="a plot"/><p data-bbox="60 385 500 420">Figure 1: Loss curves.</p></div>
+<p></p>
+<p data-bbox="540 40 980 90">Right column text.</p>
+</body></html>
+```"""
+
+
+def test_image_with_caption_is_one_block_with_the_divs_box():
+    doc = parse_qwenvl_html(CAPTIONED)
+    assert [b.type for b in doc.blocks] == ["paragraph", "image", "separator", "paragraph"]
+    figure = doc.blocks[1]
+    assert figure.bbox == (60, 100, 500, 420) and figure.text == "Figure 1: Loss curves."
+    assert figure.caption == "Figure 1: Loss curves."
+    image, caption = figure.parts
+    assert (image.type, image.bbox, image.text) == ("image", (60, 100, 500, 380), "a plot")
+    assert (caption.type, caption.bbox) == ("caption", (60, 385, 500, 420))
+    data = json.loads(json.dumps(figure.to_dict()))
+    assert data["bbox"] == [60, 100, 500, 420] and [p["type"] for p in data["parts"]] == ["image", "caption"]
+    assert parse_qwenvl_html("<p>plain</p>").blocks[0].caption is None
+
+
+def test_captioned_image_without_boxes_inside_and_without_a_div_box():
+    no_inner = parse_qwenvl_html('<div class="image caption" data-bbox="1 2 30 40"><img/><p>Fig. 2</p></div>')
+    (block,) = no_inner.blocks
+    assert (block.type, block.bbox, block.caption, block.parts[1].bbox) == ("image", (1, 2, 30, 40), "Fig. 2", None)
+    no_div = parse_qwenvl_html('<div class="image caption"><img data-bbox="10 10 50 40"/>'
+                               '<p data-bbox="12 42 48 50">Fig. 3</p></div>')
+    (block,) = no_div.blocks
+    assert block.bbox == (10, 10, 50, 50)  # the union of the image's and the caption's boxes
+    figure = parse_qwenvl_html('<figure data-bbox="0 0 9 9"><img src="a.png"/><figcaption>Cap</figcaption></figure>')
+    assert [(b.type, b.caption, b.attrs.get("src")) for b in figure.blocks] == [("image", "Cap", "a.png")]
+    plain = parse_qwenvl_html('<div class="image" data-bbox="0 0 9 9"><img data-bbox="0 0 9 9"/></div>')
+    assert [(b.type, b.parts) for b in plain.blocks] == [("image", ())]  # no caption: a plain image block
+
+
+def test_captioned_image_maps_its_parts_and_exports_the_caption():
+    doc = parse_qwenvl_html(CAPTIONED).to_original(Frame((2000, 1000), (1000, 500)))
+    figure = doc.blocks[1]
+    assert figure.bbox == (120, 200, 1000, 840)
+    assert [p.bbox for p in figure.parts] == [(120, 200, 1000, 760), (120, 770, 1000, 840)]
+    md = doc.to_markdown()
+    assert md == ("Left column text.\n\n![a plot]()\n\n*Figure 1: Loss curves.*\n\nRight column text.\n")
+
+
+def test_empty_paragraphs_are_separators_in_reading_order():
+    doc = parse_qwenvl_html('<body><p data-bbox="0 0 9 9">col 1</p><p></p><p data-bbox="20 0 29 9">col 2</p>'
+                            '<p> </p><p data-bbox="0 20 9 29"></p><p data-bbox="0 30 9 39">end</p></body>')
+    assert [(b.type, b.text, b.bbox) for b in doc.blocks] == [
+        ("paragraph", "col 1", (0, 0, 9, 9)), ("separator", "", None), ("paragraph", "col 2", (20, 0, 29, 9)),
+        ("separator", "", None), ("separator", "", (0, 20, 9, 29)), ("paragraph", "end", (0, 30, 9, 39))]
+    assert doc.to_markdown() == "col 1\n\ncol 2\n\nend\n"
+    assert [b.type for b in parse_qwenvl_html('<p data-bbox="0 0 9 9"><img src="x"/></p>').blocks] == ["paragraph"]
+
+
+@pytest.mark.parametrize("tail", ['<p data-bbox="5 6', *('<p data-bbox="5 6 7 8">last wor' + cut for cut in (
+    "<", "</", "</p", "<b", "<!-- a note", "<span cl", '<img alt="x'))])
+def test_a_cut_mid_tag_never_leaks_markup(tail):
+    head = '```html\n<html><body>\n<h1 data-bbox="1 1 9 9">Title</h1>\n'
+    doc = parse_qwenvl_html(head + tail)
+    assert doc.truncated
+    assert all("<" not in b.text and ">" not in b.text for b in doc.blocks)
+    assert doc.blocks[0].text == "Title" and not doc.blocks[0].truncated
+    if len(doc.blocks) == 2:
+        assert doc.blocks[1].text == "last wor" and doc.blocks[1].truncated
+    else:  # cut inside the opening tag: no text was written, no block
+        assert tail == '<p data-bbox="5 6' and len(doc.blocks) == 1
+
+
+def test_a_cut_without_html_wrapper_is_flagged_and_less_than_is_kept_in_text():
+    bare = parse_qwenvl_html('<p data-bbox="0 0 9 9">a</p><p data-bbox="0 10 9 19">b</')
+    assert bare.truncated and [(b.text, b.truncated) for b in bare.blocks] == [("a", False), ("b", True)]
+    math = parse_qwenvl_html('<p data-bbox="0 0 9 9">x &lt; y and 3 < 4</p>')
+    assert not math.truncated and math.blocks[0].text == "x < y and 3 < 4"
+    closed_then_cut = parse_qwenvl_html('<html><body><p data-bbox="0 0 9 9">done</p>')
+    assert closed_then_cut.truncated and not closed_then_cut.blocks[0].truncated  # the cut fell after the block
+    table = parse_qwenvl_html('<html><body><table data-bbox="0 0 9 9"><tr><td>1</td><td>2</')
+    assert table.blocks[-1].truncated and [c.text for c in table.blocks[-1].rows[0]] == ["1", "2"]

@@ -5,6 +5,17 @@ Asked for "QwenVL HTML", the model writes one element per layout block in readin
 formulas (`class="formula..."`), charts, chemical formulas and music sheets. Blocks keep that order; tables stay
 tables (rows of cells with spans, nested tables included); a block with no (or a broken) `data-bbox` keeps its text
 with `bbox=None`.
+
+Three shapes get their own treatment:
+- An image with its caption (`<div class="image caption">` holding an `<img>` and a caption `<p>`; also
+  `div class="image"` or `<figure>` holding both) is ONE block of type "image": its bbox is the div's (the union of
+  its parts' boxes when the div has none), its text is the caption, and `parts` holds the image and the caption as
+  sub-blocks (types "image" and "caption"), each with its own box.
+- An empty `<p></p>` (with or without a box) is a "separator" block: the model writes them between columns and
+  regions, so they carry reading-order information; they are kept in order (and skipped by the Markdown export).
+- An answer cut off by `max_new_tokens` mid-tag (`<p data-bbox="5 6`, `</`) never leaks that markup into text: the
+  partial tag is dropped, `Document.truncated` is set, and the block the cut fell in (the last one) has
+  `truncated=True` (its text is what was written before the cut).
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from qwen25vl.errors import InputError
 from qwen25vl.tasks._json import strip_fences
 from qwen25vl.tasks.coords import Frame, as_frame
-from qwen25vl.tasks.html_tree import Node, parse_html
+from qwen25vl.tasks.html_tree import Node, parse_html_open
 
 DOCUMENT_SYSTEM_PROMPT = (
     "You are an AI specialized in recognizing and extracting text from images. Your mission is to analyze the image "
@@ -67,6 +78,13 @@ class Block:
     rows: tuple = ()  # tables: tuple of rows of Cell
     html: str = ""  # tables, formulas: the element without layout attributes
     attrs: dict = field(default_factory=dict)
+    parts: tuple = ()  # an image with its caption: the image and the caption as Blocks with their own boxes
+    truncated: bool = False  # the answer stopped inside this block (the last one)
+
+    @property
+    def caption(self) -> str | None:
+        """The caption's text of an image-with-caption block, else None."""
+        return next((p.text for p in self.parts if p.type == "caption"), None)
 
     def to_dict(self) -> dict:
         out = {"type": self.type, "text": self.text, "bbox": list(self.bbox) if self.bbox else None}
@@ -80,7 +98,16 @@ class Block:
             out["html"] = self.html
         if self.attrs:
             out["attrs"] = self.attrs
+        if self.parts:
+            out["parts"] = [p.to_dict() for p in self.parts]
+        if self.truncated:
+            out["truncated"] = True
         return out
+
+    def mapped(self, box_map) -> "Block":
+        """The block with its box (and its parts' boxes) mapped by `box_map`."""
+        return replace(self, bbox=box_map(self.bbox) if self.bbox else None,
+                       parts=tuple(p.mapped(box_map) for p in self.parts))
 
 
 def _bbox(node: Node):
@@ -138,18 +165,55 @@ def _block_type(node: Node) -> str:
     return _TAG_TYPES.get(node.tag, "text")
 
 
+def _layout_attrs(node: Node) -> dict:
+    return {k: v for k, v in node.attrs.items() if k not in ("data-bbox", "data-polygon") and v is not None}
+
+
 def _block(node: Node, ordered: bool | None = None) -> Block:
     kind = _block_type(node)
-    attrs = {k: v for k, v in node.attrs.items() if k not in ("data-bbox", "data-polygon") and v is not None}
     text = node.text()
     if kind == "image" and not text:
         img = node if node.tag == "img" else next(iter(node.find_all("img")), None)
         text = (img.attrs.get("alt") or "") if img else ""
+    if kind == "paragraph" and not text and not node.find_all("img") and not node.find_all("table"):
+        kind = "separator"  # an empty <p></p>: a column / region break in reading order
     return Block(type=kind, text=text, bbox=_bbox(node), tag=node.tag,
                  level=int(node.tag[1]) if kind == "heading" else None,
                  ordered=ordered if node.tag == "li" else None,
                  rows=_rows(node) if node.tag == "table" else (),
-                 html=node.to_html() if node.tag == "table" or kind == "formula" else "", attrs=attrs)
+                 html=node.to_html() if node.tag == "table" or kind == "formula" else "", attrs=_layout_attrs(node))
+
+
+def _caption_parts(node: Node) -> list:
+    """The children of an image container that are not (and hold no) image but have text: its caption."""
+    return [c for c in node.children if (c.strip() if isinstance(c, str) else
+                                         c.tag != "img" and not c.find_all("img") and c.text())]
+
+
+def _is_captioned_image(node: Node) -> bool:
+    if node.tag == "img" or not node.find_all("img"):
+        return False
+    return (node.tag == "figure" or "image" in node.classes.lower().split()) and bool(_caption_parts(node))
+
+
+def _union(a, b):
+    if a is None or b is None:
+        return a or b
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def _captioned_image(node: Node) -> Block:
+    """One "image" block for an image and its caption: the container's box, the caption as text, both as parts."""
+    image = _block(node.find_all("img")[0])
+    pieces = _caption_parts(node)
+    text = " ".join(" ".join(c.split()) if isinstance(c, str) else c.text() for c in pieces)
+    boxed = [c for c in pieces if isinstance(c, Node) and _bbox(c)]
+    first = next((c for c in pieces if isinstance(c, Node)), None)
+    caption = Block(type="caption", text=text, bbox=_bbox(boxed[0]) if boxed else None,
+                    tag=first.tag if first is not None else "#text", attrs=_layout_attrs(first) if first else {})
+    attrs = {**image.attrs, **_layout_attrs(node)}
+    return Block(type="image", text=text, bbox=_bbox(node) or _union(image.bbox, caption.bbox), tag=node.tag,
+                 attrs=attrs, parts=(image, caption))
 
 
 def _has_blocks(node: Node) -> bool:
@@ -160,26 +224,34 @@ def _has_boxed(node: Node) -> bool:
     return any(n is not node and "data-bbox" in n.attrs for n in node.iter())
 
 
-def _collect(node: Node, out: list[Block]):
+def _list_items(c: Node, out: list):
+    items = [li for li in c.children if isinstance(li, Node) and li.tag == "li"]
+    if items:
+        out.extend((_block(li, ordered=c.tag == "ol"), li) for li in items)
+    elif c.text():
+        out.append((_block(c), c))
+
+
+def _collect(node: Node, out: list):
+    """Append (block, the node it came from) for each layout block under `node`, in reading order; a loose text's
+    node is its parent when the text is the parent's last child (else None)."""
     for c in node.children:
         if isinstance(c, str):
             if c.strip() and node.tag not in ("#document", "html", "head"):
-                out.append(Block(type="text", text=" ".join(c.split()), tag="#text"))
+                anchor = node if c is node.children[-1] else None
+                out.append((Block(type="text", text=" ".join(c.split()), tag="#text"), anchor))
+        elif c.tag in ("head", "script", "style", "title"):
             continue
-        if c.tag in ("head", "script", "style", "title"):
-            continue
-        if c.tag in ("ol", "ul"):
-            items = [li for li in c.children if isinstance(li, Node) and li.tag == "li"]
-            if items:
-                out.extend(_block(li, ordered=c.tag == "ol") for li in items)
-            elif c.text():
-                out.append(_block(c))
+        elif c.tag in ("ol", "ul"):
+            _list_items(c, out)
+        elif _is_captioned_image(c):
+            out.append((_captioned_image(c), c))
         elif c.tag in _CONTAINERS and _block_type(c) not in _ATOMIC and _has_boxed(c):
             _collect(c, out)  # a boxed section whose parts carry their own boxes: the parts are the blocks
         elif "data-bbox" in c.attrs or c.tag in _BLOCK_TAGS or not _has_blocks(c):
             block = _block(c)
-            if block.text or block.bbox or block.type in ("image", "table", "formula"):
-                out.append(block)
+            if block.text or block.bbox or block.type in ("image", "table", "formula", "separator"):
+                out.append((block, c))
         else:  # a container without its own box (html, body, a plain div): its children are the blocks
             _collect(c, out)
 
@@ -200,7 +272,7 @@ class Document:
         frame = as_frame(frame)  # a Frame or the processor's ResizeInfo
         if self.frame != "resized":
             raise InputError(f"document is already in the {self.frame!r} frame")
-        blocks = [replace(b, bbox=frame.box_to_original(b.bbox) if b.bbox else None) for b in self.blocks]
+        blocks = [b.mapped(frame.box_to_original) for b in self.blocks]
         return replace(self, blocks=blocks, frame="original", frame_map=frame)
 
     def to_json(self) -> dict:
@@ -216,14 +288,25 @@ class Document:
         return strip_fences(self.raw, "html")[0].strip()
 
 
+# A tag the answer stopped inside: "<", "</", "<p", "<p data-bbox=\"5 6", "<!-- ..." at the very end of the text.
+_PARTIAL_TAG = re.compile(r"<(?:[/!?]|/?[A-Za-z][^<>]*|!--.*)?\Z", re.DOTALL)
+
+
 def parse_qwenvl_html(text: str) -> Document:
     """Parse a QwenVL HTML answer (fenced or bare, possibly cut off) into ordered blocks; never raises on markup."""
     if not isinstance(text, str):
         raise InputError(f"model answer must be a string, got {type(text).__name__}")
     body, _, fence_open = strip_fences(text, "html")
-    blocks: list[Block] = []
-    _collect(parse_html(body), blocks)
-    truncated = fence_open or ("<html" in body.lower() and "</html>" not in body.lower())
+    partial = _PARTIAL_TAG.search(body)
+    if partial:
+        body = body[: partial.start()]
+    root, still_open = parse_html_open(body)
+    pairs: list = []
+    _collect(root, pairs)
+    blocks = [b for b, _ in pairs]
+    truncated = bool(partial) or fence_open or ("<html" in body.lower() and "</html>" not in body.lower())
+    if truncated and pairs and any(n is pairs[-1][1] for n in still_open):
+        blocks[-1] = replace(blocks[-1], truncated=True)
     return Document(blocks=blocks, raw=text, truncated=truncated)
 
 

@@ -112,7 +112,13 @@ class _Builder(HTMLParser):
 
 def parse_html(text: str) -> Node:
     """The document tree of `text` (a `#document` root); never raises on malformed markup."""
+    return parse_html_open(text)[0]
+
+
+def parse_html_open(text: str) -> tuple[Node, list[Node]]:
+    """(the document tree of `text`, the elements still open when the input ended, outermost first): for an answer
+    cut off mid-document, the open chain ends at the element the cut fell in."""
     builder = _Builder()
     builder.feed(text)
     builder.close()
-    return builder.root
+    return builder.root, builder.stack[1:]

@@ -1,5 +1,8 @@
 """Markdown export of parsed document blocks.
 
+Separator blocks (empty `<p></p>` between columns) have no Markdown form and are skipped; an image with a caption
+is the image followed by its caption in italics.
+
 Simple tables become pipe tables; a table with merged cells or a nested table cannot be a pipe table without losing
 structure, so it is kept as HTML (which Markdown allows inline) rather than flattened.
 """
@@ -31,6 +34,14 @@ def _formula(text: str) -> str:
     return f"$$\n{text}\n$$"
 
 
+def _image(block) -> str:
+    """`![alt](src)`; an image with a caption part also gets the caption, in italics, below it."""
+    if block.caption is None:
+        return f"![{block.text or 'image'}]({block.attrs.get('src', '')})"
+    alt = next((p.text for p in block.parts if p.type == "image"), "") or "image"
+    return f"![{alt}]({block.attrs.get('src', '')})" + (f"\n\n*{block.caption}*" if block.caption else "")
+
+
 def block_to_markdown(block, number: int = 1) -> str:
     kind, text = block.type, block.text
     if kind == "heading":
@@ -42,7 +53,7 @@ def block_to_markdown(block, number: int = 1) -> str:
     if kind == "formula":
         return _formula(text) if text else block.html
     if kind == "image":
-        return f"![{text or 'image'}]({block.attrs.get('src', '')})"
+        return _image(block)
     if kind in ("chart", "chemical_formula", "music_sheet"):
         return f"*[{kind.replace('_', ' ')}]* {text}".rstrip()
     if kind == "code":
