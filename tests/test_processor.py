@@ -189,3 +189,59 @@ def test_loss_mask_for_training_batches(processor):
     trained = processor.decode(out["input_ids"][1][mask[1].bool()])
     assert trained == "Hi!<|im_end|>\n"
     assert "loss_mask" not in processor(convs)
+
+
+def _clip(path, n=40, fps=4, w=56, h=56):
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(n):
+            a = np.full((h, w, 3), i * 6, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _video_turn(video, **options):
+    return [{"role": "user", "content": [{"type": "video", "video": video, **options}, {"type": "text", "text": "?"}]}]
+
+
+@pytest.mark.parametrize("as_list", [False, True], ids=["file", "frame list"])
+def test_video_cut_through_the_processor(processor, tmp_path, as_list):
+    # qwen-vl-utils' names video_start / video_end: the cut must reach the sampler for files and frame lists alike
+    path = _clip(tmp_path / "clip.mp4")  # 10 s at 4 fps
+    source = [np.full((56, 56, 3), i * 6, np.uint8) for i in range(40)] if as_list else str(path)
+    rate = {"fps": 4.0} if as_list else {"fps": 2.0}
+    whole = processor(_video_turn(source, **rate)).videos[0]
+    cut = processor(_video_turn(source, **rate, video_start=4.0, video_end=8.0)).videos[0]
+    assert whole.frame_indices[0] == 0 and whole.timestamps[0] == 0.0
+    assert cut.frame_indices[0] == 16 and cut.frame_indices[-1] == 32 and cut.timestamps[0] == 4.0
+    call = processor(_video_turn(source, **rate), video_options={"video_start": 4.0, "video_end": 8.0}).videos[0]
+    assert call.frame_indices == cut.frame_indices
+    short = processor(_video_turn(source, fps=4.0, max_frames=6)).videos[0]
+    assert len(short.frame_indices) == 6
+
+
+def test_unknown_option_keys_are_refused(processor):
+    frames = [np.zeros((56, 56, 3), np.uint8)] * 4
+    with pytest.raises(InputError, match=r"conversation 0 video 0: unknown option 'fsp'.*accepted: fps, min_frames"):
+        processor(_video_turn(frames, fsp=4.0))
+    with pytest.raises(InputError, match=r"video_options: unknown option 'fsp'"):
+        processor(_video_turn(frames), video_options={"fsp": 4.0})
+    with pytest.raises(InputError, match=r"image 0: unknown option 'max_pixel'.*accepted: min_pixels"):
+        processor([{"role": "user", "content": [{"type": "image", "image": IMG_C, "max_pixel": 10}]}])
+    with pytest.raises(InputError, match="'start' is given twice"):
+        processor(_video_turn(frames, fps=1.0, start=1.0, video_start=1.0))
+
+
+def test_text_that_is_not_unicode_names_the_message(processor):
+    messages = [{"role": "system", "content": "ok"},
+                {"role": "user", "content": [{"type": "image", "image": IMG_C}, {"type": "text", "text": "x\ud800"}]}]
+    with pytest.raises(InputError, match=r"conversation 0 messages\[1\]\.content\[1\]: invalid Unicode at character 1"):
+        processor(messages)
+    with pytest.raises(InputError, match=r"messages\[0\]\.content: invalid Unicode at character 0"):
+        processor([{"role": "user", "content": "\udcff"}])

@@ -325,3 +325,84 @@ def test_unwanted_non_reference_frames_are_not_decoded(tmp_path, codec):
     rw, rh = full.resize.resized_size
     want, _ = _reference_pixels([everything[i] for i in full.frame_indices], rh, rw)
     np.testing.assert_allclose(full.pixel_values.numpy(), want, rtol=0, atol=1e-6)
+
+
+def test_every_truncation_of_an_mp4_is_an_input_error(tmp_path):
+    raw = _encode(tmp_path / "v.mp4", 20, 4).read_bytes()
+    moov = raw.find(b"moov")  # x264 in mp4 writes the index last: cuts through it leave streams without a decoder
+    assert moov > 0
+    cuts = sorted(set(range(moov - 8, len(raw), 7)) | {1, 8, 100, moov // 2})
+    outcomes = []
+    for cut in cuts:
+        try:
+            process_video(raw[:cut], min_pixels=1, max_pixels=64 * 48)
+            outcomes.append("ok")  # a cut through the trailing metadata leaves a playable file
+        except InputError as err:
+            outcomes.append(str(err).split(": ", 1)[1])
+    assert outcomes[:4].count("ok") == 0 and outcomes.count("ok") < len(cuts) // 4, outcomes
+    assert any("no decoder" in o for o in outcomes), outcomes  # the path that raised AttributeError before
+
+
+def test_audio_only_and_corrupt_streams(tmp_path):
+    audio = tmp_path / "sound.mp4"
+    with av.open(str(audio), "w") as c:
+        s = c.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for p in list(s.encode(frame)) + list(s.encode()):
+            c.mux(p)
+    with pytest.raises(InputError, match=r"sound.mp4.*no video stream"):
+        process_video(str(audio))
+    raw = bytearray(_encode(tmp_path / "v.mp4", 20, 4).read_bytes())
+    rng = np.random.default_rng(0)
+    for trial in range(20):  # random bytes written over a real file: every failure is an InputError
+        bad = bytearray(raw)
+        for pos in rng.integers(0, len(bad), 30):
+            bad[pos] = int(rng.integers(0, 256))
+        try:
+            process_video(bytes(bad), min_pixels=1, max_pixels=64 * 48)
+        except InputError:
+            pass
+
+
+def test_frame_size_is_checked_from_the_header_before_decoding(tmp_path, monkeypatch):
+    path = _encode(tmp_path / "big.mp4", 4, 4, w=320, h=240)
+
+    def never(self):
+        raise AssertionError("decoded a video whose header was over the cap")
+
+    monkeypatch.setattr(media.VideoReader, "_decode", never)
+    with pytest.raises(InputError, match=r"big.mp4.*320x240 = 76800 pixels are over the cap max_frame_pixels=76799"):
+        process_video(str(path), max_frame_pixels=76_799)
+    frames = [np.zeros((240, 320, 3), np.uint8)] * 2
+    with pytest.raises(InputError, match="frame 0.*76800 pixels is over the cap 76799"):
+        process_video(frames, fps=1.0, max_frame_pixels=76_799)
+
+
+def test_frame_list_cut_and_max_frames_like_a_video(tmp_path):
+    frames = [_frame(i, 64, 48) for i in range(40)]  # 10 s at 4 fps
+    path = _encode(tmp_path / "v.mp4", 40, 4)
+    kw = dict(min_pixels=1, max_pixels=64 * 48)
+    cut = process_video(frames, fps=4.0, start=4.0, end=8.0, **kw)
+    assert cut.frame_indices == list(range(16, 33))  # every frame of the cut: 4.0 s .. 8.0 s
+    assert cut.timestamps[0] == 4.0 and cut.sampled_fps == 4.0
+    thinned = process_video(frames, fps=4.0, max_frames=10, **kw)
+    assert thinned.frame_indices == torch.linspace(0, 39, 10).round().long().tolist()
+    assert thinned.sampled_fps == pytest.approx(10 / 40 * 4.0)
+    # the same cut of the encoded file at the same rate: the same frames, in the same seconds
+    video = process_video(str(path), fps=4.0, start=4.0, end=8.0, **kw)
+    assert video.frame_indices[0] == cut.frame_indices[0] and video.timestamps[:2] == cut.timestamps[:2]
+    with pytest.raises(InputError, match="empty time range"):
+        process_video(frames, fps=4.0, start=20.0, **kw)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("fps", "2", "fps must be a number"), ("fps", 0, "fps must be positive"), ("fps", float("nan"), "a number"),
+    ("max_frames", 2.5, "max_frames must be an integer"), ("min_frames", 0, "min_frames must be >= 1"),
+    ("start", -1.0, "start must be >= 0"), ("total_pixels", -5, "total_pixels must be positive"),
+    ("max_pixels", True, "max_pixels must be a number"),
+])
+def test_sampling_options_are_checked(tmp_path, key, value, match):
+    frames = [_frame(i, 64, 48) for i in range(4)]
+    with pytest.raises(InputError, match=match):
+        process_video(frames, **{"fps": 1.0, key: value})

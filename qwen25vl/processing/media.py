@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import io
 import os
 import socket
@@ -21,6 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+from array import array
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +38,9 @@ DEFAULT_MAX_VIDEO_BYTES = 1 << 30
 # before any decoding. Decoding an image at the cap costs about 12 bytes a pixel at peak (PIL's 4-byte pixels, the
 # RGB copy, the white background under an alpha channel): about 2.1 GB at this default, 1.2 GB at the server's 1e8.
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+# A video frame's decoded size, from the stream header (8K UHD). Decoding costs about 50 bytes a frame pixel at peak
+# (the decoder's reference frames, 4 RGB frames queued ahead, the float copy the resize reads): about 1.7 GB here.
+DEFAULT_MAX_FRAME_PIXELS = 7680 * 4320
 MAX_ASPECT_RATIO = 200  # longest over shortest side (SPEC section 4): more is an error, before decoding
 _CHUNK = 1 << 20
 
@@ -329,36 +334,24 @@ class VideoReader:
     order, like decord's and torchcodec's indices.
     """
 
-    def __init__(self, container, name: str):
-        self.container, self.name = container, name
+    def __init__(self, container, name: str, max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS):
+        self.container, self.name, self.max_frame_pixels = container, name, max_frame_pixels
         if not container.streams.video:
             raise InputError(f"{name}: no video stream")
         self.stream = stream = container.streams.video[0]
+        ctx = stream.codec_context
+        if ctx is None:  # FFmpeg found no decoder for the stream (corrupt header or unknown codec)
+            raise InputError(f"{name}: no decoder for its video stream (corrupt header or unsupported codec)")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         self.fps = float(rate) if rate else 0.0
-        ctx = stream.codec_context
         self.size = (ctx.width, ctx.height)
-        pts, keys, untimed = [], [], 0
-        try:
-            for packet in container.demux(stream):
-                if packet.size and packet.pts is not None:
-                    pts.append(packet.pts)
-                    keys.append(packet.is_keyframe)
-                elif packet.size:
-                    untimed += 1
-        except Exception as e:  # av.FFmpegError and its many subclasses
-            raise InputError(f"{name}: cannot read packets ({e})") from None
-        order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
-        self.pts = np.asarray(pts, dtype=np.int64)[order]
-        key = np.asarray(keys, dtype=bool)[order]
-        key[:1] = True  # decoding can always start at the first frame
-        # last keyframe at or before each frame: where a seek for that frame lands
-        self.key_before = np.maximum.accumulate(np.where(key, np.arange(len(key)), 0)) if len(key) else key
+        if self.fps <= 0 or not math.isfinite(self.fps) or self.size[0] <= 0 or self.size[1] <= 0:
+            raise InputError(f"{name}: unreadable stream header (fps {self.fps}, size {self.size})")
+        self._check_frame_size(*self.size)  # from the header, before a single frame is decoded
+        self.pts, self.key_before, untimed = _packet_index(container, stream, name)
         self.total_frames = len(self.pts)
         if self.total_frames == 0:
             raise InputError(f"{name}: the video stream has no frames")
-        if self.fps <= 0 or self.size[0] <= 0 or self.size[1] <= 0:
-            raise InputError(f"{name}: unreadable stream header (fps {self.fps}, size {self.size})")
         # Frame threads only with cores to spare: process_video already keeps two busy (this decoder and the resize
         # on the calling thread), and on 2 cores frame threads cost CPU for no gain (10-minute 720p: 17.5 s with
         # PyAV's default slice threading, 19.4 s with frame threads). x264 writes one slice per frame, so slice
@@ -371,6 +364,11 @@ class VideoReader:
         self.can_skip = untimed == 0 and ctx.name in _SKIP_NONREF_CODECS
         self._keep_pts: set[int] | None = None
         self.decoded = 0  # frames the decoder returned, for tests and benchmarks
+
+    def _check_frame_size(self, width: int, height: int) -> None:
+        if width * height > self.max_frame_pixels:
+            raise InputError(f"{self.name}: frames of {width}x{height} = {width * height} pixels are over the cap "
+                             f"max_frame_pixels={self.max_frame_pixels}")
 
     def __enter__(self):
         return self
@@ -395,7 +393,7 @@ class VideoReader:
                 pos = index_of.get(frame.pts, pos + 1) if frame.pts is not None else pos + 1
                 if targets[ti] <= pos:
                     # converted to RGB only here; a frame missing from the stream takes the next one's place
-                    image = frame.to_ndarray(format="rgb24")
+                    image = self._rgb(frame)
                     slots = []
                     while ti < len(targets) and targets[ti] <= pos:
                         slots += wanted[targets[ti]]
@@ -409,6 +407,13 @@ class VideoReader:
             else:
                 if ti < len(targets):
                     raise InputError(f"{self.name}: decoding ended before frame {targets[ti]} of {self.total_frames}")
+
+    def _rgb(self, frame) -> np.ndarray:
+        self._check_frame_size(frame.width, frame.height)  # a stream may change size mid-way
+        try:
+            return frame.to_ndarray(format="rgb24")
+        except Exception as e:  # av.FFmpegError / ValueError: a pixel format swscale cannot convert
+            raise InputError(f"{self.name}: cannot convert a frame to RGB ({e})") from None
 
     def _seek(self, key: int):
         try:
@@ -435,6 +440,26 @@ class VideoReader:
             raise InputError(f"{self.name}: cannot decode ({e})") from None
 
 
+def _packet_index(container, stream, name: str):
+    """One demux pass: (pts in presentation order, last keyframe at or before each frame, packets without a pts)."""
+    pts, keys, untimed = array("q"), bytearray(), 0  # 9 bytes a packet: a long video's index stays small
+    try:
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None:
+                pts.append(packet.pts)
+                keys.append(bool(packet.is_keyframe))
+            elif packet.size:
+                untimed += 1
+    except Exception as e:  # av.FFmpegError and its many subclasses
+        raise InputError(f"{name}: cannot read packets ({e})") from None
+    order = np.argsort(np.frombuffer(pts, dtype=np.int64), kind="stable")
+    key = np.frombuffer(keys, dtype=np.uint8).astype(bool)[order]
+    key[:1] = True  # decoding can always start at the first frame
+    # last keyframe at or before each frame: where a seek for that frame lands
+    key_before = np.maximum.accumulate(np.where(key, np.arange(len(key)), 0)) if len(key) else key
+    return np.frombuffer(pts, dtype=np.int64)[order], key_before, untimed
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -446,8 +471,9 @@ def _cores() -> int:
 _SKIP_NONREF_CODECS = frozenset({"h264", "hevc"})
 
 
-def open_video(resolved: Path | bytes, name: str) -> VideoReader:
-    """Open a local path or in-memory bytes with PyAV (the `video` extra) and index it."""
+def open_video(resolved: Path | bytes, name: str, max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS) -> VideoReader:
+    """Open a local path or in-memory bytes with PyAV (the `video` extra) and index it; frames over
+    `max_frame_pixels` (declared in the header, or met while decoding) are an InputError."""
     try:
         import av
     except ImportError:
@@ -457,7 +483,7 @@ def open_video(resolved: Path | bytes, name: str) -> VideoReader:
     except Exception as e:  # av.FFmpegError (InvalidDataError & co.), OSError
         raise InputError(f"{name}: not a readable video ({e})") from None
     try:
-        return VideoReader(container, name)
+        return VideoReader(container, name, max_frame_pixels)
     except BaseException:
         container.close()
         raise

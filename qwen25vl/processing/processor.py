@@ -16,11 +16,12 @@ import torch
 
 from qwen25vl.errors import InputError
 from qwen25vl.processing.chat_template import media_parts, render
-from qwen25vl.processing.tokenizer import Tokenizer
+from qwen25vl.processing.tokenizer import Tokenizer, check_text
 
 _IMAGE_OPTIONS = ("min_pixels", "max_pixels", "min_tokens", "max_tokens")
 _VIDEO_OPTIONS = ("fps", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels", "start", "end")
-_VIDEO_ALIASES = {"video_start": "start", "video_end": "end"}
+_VIDEO_ALIASES = {"video_start": "start", "video_end": "end"}  # qwen-vl-utils' names for the cut
+_SOURCE_KEYS = ("type", "url", "path")  # with "<kind>" and "<kind>_url": where a part's source may sit
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,11 @@ class Processor:
         image_sources, image_options, image_owner = [], [], []
         video_parts: list[tuple[int, int, dict]] = []
         for c, conversation in enumerate(conversations):
+            _check_texts(conversation, c)
             for kind, part in media_parts(conversation):
                 if kind == "image":
                     image_sources.append(_source(part, "image", c))
-                    image_options.append(_options(part, _IMAGE_OPTIONS, {}, f"conversation {c} image"))
+                    image_options.append(_options(part, "image", f"conversation {c} image {len(image_sources) - 1}"))
                     image_owner.append(c)
                 else:
                     video_parts.append((c, len(video_parts), part))
@@ -131,9 +133,11 @@ class Processor:
         if image_sources:
             images = process_images(image_sources, **call_limits, options=image_options, config=self.image_config)
         videos = []
+        call_video = _checked_options(video_options or {}, _VIDEO_OPTIONS + ("progress",), _VIDEO_ALIASES,
+                                      "video_options")
         for c, v, part in video_parts:
-            base = {k: v for k, v in {**call_limits, **(video_options or {})}.items() if v is not None}
-            opts = {**base, **_options(part, _VIDEO_OPTIONS, _VIDEO_ALIASES, f"conversation {c} video {v}")}
+            base = {k: v for k, v in {**call_limits, **call_video}.items() if v is not None}
+            opts = {**base, **_options(part, "video", f"conversation {c} video {v}")}
             videos.append(process_video(_source(part, "video", c), config=self.image_config, **opts))
 
         rows, masks, texts = [], [], []
@@ -211,6 +215,17 @@ def _as_batch(messages) -> list[list[dict]]:
     raise InputError("messages must be a list of dicts (one conversation) or a list of lists (a batch)")
 
 
+def _check_texts(conversation: list, c: int) -> None:
+    """Every text is valid Unicode (no lone surrogates), named by its message and part before rendering."""
+    for m, message in enumerate(conversation):
+        content = message.get("content") if isinstance(message, dict) else None
+        parts = [content] if isinstance(content, str) else content if isinstance(content, list) else []
+        for p, part in enumerate(parts):
+            text = part if isinstance(part, str) else part.get("text") if isinstance(part, dict) else None
+            if isinstance(text, str):
+                check_text(text, f"conversation {c} messages[{m}].content" + ("" if isinstance(content, str) else f"[{p}]"))
+
+
 def _source(part, kind: str, conversation: int):
     """The item's source from any accepted form: {kind: src}, {kind + '_url': {'url': src}}, {'url'} or {'path'}."""
     for key in (kind, f"{kind}_url", "url", "path"):
@@ -224,10 +239,22 @@ def _source(part, kind: str, conversation: int):
     raise InputError(f"conversation {conversation}: a {kind} part without a source (keys {sorted(part)})")
 
 
-def _options(part, allowed, aliases, where: str) -> dict:
-    opts = {}
-    for key, value in part.items():
-        key = aliases.get(key, key)
-        if key in allowed and value is not None:
-            opts[key] = value
+def _options(part: dict, kind: str, where: str) -> dict:
+    """A media part's options (its source keys aside), aliases renamed; an unknown key is an InputError."""
+    allowed, aliases = (_IMAGE_OPTIONS, {}) if kind == "image" else (_VIDEO_OPTIONS, _VIDEO_ALIASES)
+    given = {k: v for k, v in part.items() if k not in _SOURCE_KEYS and k not in (kind, f"{kind}_url")}
+    return _checked_options(given, allowed, aliases, where)
+
+
+def _checked_options(given: dict, allowed: tuple[str, ...], aliases: dict[str, str], where: str) -> dict:
+    opts: dict = {}
+    for key, value in given.items():
+        name = aliases.get(key, key)
+        if name not in allowed:
+            accepted = ", ".join(allowed + tuple(aliases))
+            raise InputError(f"{where}: unknown option {key!r} = {value!r:.40}; accepted: {accepted}")
+        if name in opts:
+            raise InputError(f"{where}: {name!r} is given twice (as {key!r} and under its other name)")
+        if value is not None:
+            opts[name] = value
     return opts

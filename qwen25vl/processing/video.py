@@ -38,6 +38,7 @@ from qwen25vl.processing.image import (
     smart_resize,
 )
 from qwen25vl.processing.media import (
+    DEFAULT_MAX_FRAME_PIXELS,
     DEFAULT_MAX_VIDEO_BYTES,
     DEFAULT_TIMEOUT_S,
     describe,
@@ -200,52 +201,88 @@ def process_video(
     config: ImageProcessorConfig | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     max_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
 ) -> ProcessedVideo:
-    """A video file / bytes / URL, or a list of frames (paths, images, arrays) at `fps` -> ProcessedVideo."""
+    """A video file / bytes / URL, or a list of frames (paths, images, arrays) at `fps` -> ProcessedVideo.
+
+    `start` / `end` (seconds) cut both kinds; a frame list's frames are its whole video at `fps`: all frames of the
+    cut are used, evenly thinned to `max_frames`. Bounds: each source frame's width * height <= `max_frame_pixels`
+    (a file's from its stream header, before decoding); downloads <= `max_bytes`; the output <= `total_pixels`.
+    """
     config = config or DEFAULT_CONFIG
-    if isinstance(source, (list, tuple)):
-        return _process_frame_list(source, fps, min_pixels, max_pixels, total_pixels, progress, config, timeout)
-    name = f"video {describe(source)}"
-    for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels), ("total_pixels", total_pixels)):
-        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-            raise InputError(f"{name}: {key} must be positive, got {value!r}")
+    is_list = isinstance(source, (list, tuple))
+    name = f"video (list of {len(source)} frames)" if is_list else f"video {describe(source)}"
+    check_video_options(name, fps=fps, min_frames=min_frames, max_frames=max_frames, min_pixels=min_pixels,
+                        max_pixels=max_pixels, total_pixels=total_pixels, start=start, end=end)
+    pixel_limits = (min_pixels, max_pixels, total_pixels)
+    if is_list:
+        indices, sampled_fps = frame_list_indices(len(source), fps, max_frames=max_frames, start=start, end=end,
+                                                  name=name)
+        return _process_frame_list(source, indices, sampled_fps, fps, pixel_limits, progress, config, timeout,
+                                   max_frame_pixels, name)
     resolved = resolve_source(source, what="video", timeout=timeout, max_bytes=max_bytes)
     if resolved is None:
         raise InputError(f"{name}: unsupported source type {type(source).__name__} "
                          "(expected a path, URL, data URL, bytes or a list of frames)")
-    with open_video(resolved, name) as video:
+    with open_video(resolved, name, max_frame_pixels) as video:
         indices, sampled_fps = sample_frames(video.total_frames, video.fps, fps=fps, min_frames=min_frames,
                                              max_frames=max_frames, start=start, end=end, name=name)
-        lo, hi = frame_pixel_limits(len(indices), min_pixels, max_pixels, total_pixels)
-        width, height = video.size
-        rh, rw = _frame_size(height, width, lo, hi, config, name)
-        n, tp = len(indices), config.temporal_patch_size
-        group_rows = (rh // config.patch_size) * (rw // config.patch_size)
-        # np.empty: numpy asks for huge pages on large buffers (first writes cheaper); filled group by group below
-        pixels = np.empty((math.ceil(n / tp) * group_rows, 3 * tp * config.patch_size ** 2), dtype=np.float32)
-        group = np.empty((tp, rh, rw, 3), dtype=np.uint8)  # the resized frames of the frame group being filled
-        resized = np.empty((1, rh, rw, 3), dtype=np.uint8)
-        scratch = np.empty((1, height, width, 3), dtype=np.float32)
-        done = 0
-        with _one_torch_thread():
-            for slots, frame in _prefetch(video.frames(indices)):
-                if frame.shape[:2] != (height, width):
-                    frame = resize_frames(frame[None], height, width)[0]  # a mid-stream size change: follow the first
-                # one frame at a time: no full-size batch of floats is ever held
-                resize_frames(frame[None], rh, rw, out=resized, scratch=scratch)
-                # slots arrive in order (sorted indices; a repeated index takes consecutive slots): each complete
-                # frame group is normalised into pixel_values now, while the decoder thread works on the next frames
-                for slot in slots:
-                    group[slot % tp] = resized[0]
-                    if slot % tp == tp - 1 or slot == n - 1:
-                        g = slot // tp
-                        pixels[g * group_rows:(g + 1) * group_rows] = patchify_normalize(group[:slot % tp + 1], config)
-                done += len(slots)
-                if progress is not None:
-                    progress(done, n)
-        shape_only = np.broadcast_to(group[:1], (n, rh, rw, 3))
-        return _finish(shape_only, indices, sampled_fps, video.fps, video.total_frames, (width, height), config,
-                       pixels)
+        return _decode_video(video, indices, sampled_fps, pixel_limits, progress, config)
+
+
+_INTEGER_OPTIONS = ("min_frames", "max_frames")
+_OPTIONAL_POSITIVE = ("min_pixels", "max_pixels", "total_pixels")
+
+
+def check_video_options(name: str, **options) -> None:
+    """Types and ranges of the sampling options: numbers (ints for frame counts), finite; fps and pixel budgets > 0,
+    frame counts >= 1, start / end >= 0. None leaves an optional one unset."""
+    for key, value in options.items():
+        if value is None and (key in _OPTIONAL_POSITIVE or key in ("start", "end")):
+            continue
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if key in _INTEGER_OPTIONS:
+            number = number and float(value).is_integer()
+        if not number or not math.isfinite(value):
+            kind = "an integer" if key in _INTEGER_OPTIONS else "a number"
+            raise InputError(f"{name}: {key} must be {kind}, got {value!r}")
+        low_ok = value >= 0 if key in ("start", "end") else (value >= 1 if key in _INTEGER_OPTIONS else value > 0)
+        if not low_ok:
+            bound = ">= 0" if key in ("start", "end") else (">= 1" if key in _INTEGER_OPTIONS else "positive")
+            raise InputError(f"{name}: {key} must be {bound}, got {value!r}")
+
+
+def _decode_video(video, indices: list[int], sampled_fps: float, pixel_limits, progress, config) -> ProcessedVideo:
+    """Decode the sampled frames, resizing and normalising them group by group straight into pixel_values."""
+    lo, hi = frame_pixel_limits(len(indices), *pixel_limits)
+    width, height = video.size
+    rh, rw = _frame_size(height, width, lo, hi, config, video.name)
+    n, tp = len(indices), config.temporal_patch_size
+    group_rows = (rh // config.patch_size) * (rw // config.patch_size)
+    # np.empty: numpy asks for huge pages on large buffers (first writes cheaper); filled group by group below
+    pixels = np.empty((math.ceil(n / tp) * group_rows, 3 * tp * config.patch_size ** 2), dtype=np.float32)
+    group = np.empty((tp, rh, rw, 3), dtype=np.uint8)  # the resized frames of the frame group being filled
+    resized = np.empty((1, rh, rw, 3), dtype=np.uint8)
+    scratch = np.empty((1, height, width, 3), dtype=np.float32)
+    done = 0
+    with _one_torch_thread():
+        for slots, frame in _prefetch(video.frames(indices)):
+            if frame.shape[:2] != (height, width):
+                frame = resize_frames(frame[None], height, width)[0]  # a mid-stream size change: follow the first
+            # one frame at a time: no full-size batch of floats is ever held
+            resize_frames(frame[None], rh, rw, out=resized, scratch=scratch)
+            # slots arrive in order (sorted indices; a repeated index takes consecutive slots): each complete
+            # frame group is normalised into pixel_values now, while the decoder thread works on the next frames
+            for slot in slots:
+                group[slot % tp] = resized[0]
+                if slot % tp == tp - 1 or slot == n - 1:
+                    g = slot // tp
+                    pixels[g * group_rows:(g + 1) * group_rows] = patchify_normalize(group[:slot % tp + 1], config)
+            done += len(slots)
+            if progress is not None:
+                progress(done, n)
+    shape_only = np.broadcast_to(group[:1], (n, rh, rw, 3))
+    return _finish(shape_only, indices, sampled_fps, video.fps, video.total_frames, (width, height), config, pixels)
 
 
 @contextmanager
@@ -307,30 +344,45 @@ def _prefetch(frames: Iterator, depth: int = 4) -> Iterator:
             worker.join(timeout=0.05)
 
 
-def _process_frame_list(frames: Sequence[Any], fps, min_pixels, max_pixels, total_pixels, progress, config, timeout):
-    """A video given as frames: all are used (padded to even), resized with PIL bicubic as qwen-vl-utils' fetch_image.
+def frame_list_indices(total: int, fps: float, *, max_frames: int = FPS_MAX_FRAMES, start: float | None = None,
+                       end: float | None = None, name: str = "video") -> tuple[list[int], float]:
+    """Frames of a list taken as a video at `fps`: every frame of the [start, end] cut (a list has no frames in
+    between to sample more from, so min_frames adds none), evenly thinned to max_frames; and the sampled fps."""
+    if total == 0:
+        raise InputError(f"{name}: empty list")
+    first, last, count = frame_range(total, fps, start, end, name)
+    cap = _floor_by(max_frames, FRAME_FACTOR)
+    if cap < FRAME_FACTOR:
+        raise InputError(f"{name}: max_frames={max_frames}; need at least {FRAME_FACTOR}")
+    if count <= cap:
+        return list(range(first, last + 1)), float(fps)
+    indices = torch.linspace(first, last, cap).round().long().tolist()  # the rounding sample_frames uses
+    return indices, cap / count * fps
+
+
+def _process_frame_list(frames: Sequence[Any], indices: list[int], sampled_fps: float, fps: float, pixel_limits,
+                        progress, config, timeout, max_frame_pixels: int, name: str) -> ProcessedVideo:
+    """The chosen frames, each resized (PIL bicubic, as qwen-vl-utils' fetch_image) as soon as it is loaded, so memory
+    holds one full-size frame and the resized ones.
 
     Unlike qwen-vl-utils (which applies the image limits to each frame), the video limits apply, so a long list of
     frames costs what the same video would.
     """
-    if not frames:
-        raise InputError("video (list of frames): empty list")
-    if fps is None or fps <= 0:
-        raise InputError(f"video (list of {len(frames)} frames): fps must be positive, got {fps!r}")
-    images = []
-    for i, src in enumerate(frames):
+    lo, hi = frame_pixel_limits(_ceil_by(len(indices), FRAME_FACTOR), *pixel_limits)
+    out, size = None, None
+    for slot, i in enumerate(indices):
         try:
-            images.append(load_image(src, timeout=timeout))
+            image = load_image(frames[i], timeout=timeout, max_image_pixels=max_frame_pixels)
         except InputError as e:
             raise InputError(f"video frame {i}: {e}") from None
-        if images[-1].size != images[0].size:
-            raise InputError(f"video frame {i} {describe(src)}: size {images[-1].size} differs from frame 0's {images[0].size}")
+        if out is None:
+            size = image.size
+            rh, rw = _frame_size(size[1], size[0], lo, hi, config, name)
+            out = np.empty((len(indices), rh, rw, 3), dtype=np.uint8)
+        elif image.size != size:
+            raise InputError(f"video frame {i} {describe(frames[i])}: size {image.size} differs from the first "
+                             f"frame's {size}")
+        out[slot] = np.asarray(image.resize((rw, rh), Image.Resampling.BICUBIC))
         if progress is not None:
-            progress(i + 1, len(frames))
-    n = _ceil_by(len(images), FRAME_FACTOR)
-    lo, hi = frame_pixel_limits(n, min_pixels, max_pixels, total_pixels)
-    width, height = images[0].size
-    rh, rw = _frame_size(height, width, lo, hi, config, f"video (list of {len(frames)} frames)")
-    out = np.stack([np.asarray(im.resize((rw, rh), Image.Resampling.BICUBIC)) for im in images])
-    indices = list(range(len(images)))
-    return _finish(out, indices, float(fps), float(fps), len(images), (width, height), config)
+            progress(slot + 1, len(indices))
+    return _finish(out, indices, sampled_fps, float(fps), len(frames), size, config)
