@@ -171,3 +171,23 @@ def test_results_map_with_the_processor_resize_info_directly():
     info = image_mod.ResizeInfo(original_size=(1000, 500), resized_size=(500, 250))
     r = parse_grounding('[{"bbox_2d": [10, 20, 110, 220], "label": "cat"}]').to_original(info)
     assert r.boxes == [(20, 40, 220, 440)] and r.frame_map == Frame((1000, 500), (500, 250))
+
+
+@pytest.mark.parametrize("point", ['["243, 291"]', '"243,291"', '"(243, 291)"', '[243, 291]', '["243", "291"]',
+                                   '[[243, 291]]', '"243 291"', '["243.0, 291.0"]'])
+def test_points_written_as_one_string_or_nested(point):
+    r = parse_grounding(f'```json\n[{{"point_2d": {point}, "label": "dot"}}]\n```')
+    assert r.points == [(243, 291)] and r.items[0].label == "dot" and r.skipped == 0
+
+
+@pytest.mark.parametrize("box", ['["10, 20, 30, 40"]', '["10, 20", "30, 40"]', '"(10, 20), (30, 40)"',
+                                 '[[10, 20], [30, 40]]', '[10.0, 20, "30", 40]'])
+def test_boxes_written_as_strings_or_corner_pairs(box):
+    assert parse_grounding(f'[{{"bbox_2d": {box}}}]').boxes == [(10, 20, 30, 40)]
+
+
+@pytest.mark.parametrize("bad", ['["243"]', '"243, 291, 5"', '[true, 291]', '[{"x": 1}, 2]', '[[[[1, 2]]]]',
+                                 '[1e999, 2]', '[NaN, 2]', f'[{10 ** 400}, 2]', '[null, 2]', '""'])
+def test_unusable_points_are_skipped_not_guessed(bad):
+    r = parse_grounding(f'[{{"point_2d": {bad}, "label": "dot"}}, {{"point_2d": [1, 2], "label": "ok"}}]')
+    assert r.points == [(1, 2)] and r.skipped == 1

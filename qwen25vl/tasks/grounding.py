@@ -1,13 +1,15 @@
 """Grounding: prompts, a tolerant parser of the model's boxes and points, and the map back to the original image.
 
 The model answers in pixels of the resized image it saw (see `coords.py`), usually as a ```json list of
-`{"bbox_2d": [x1, y1, x2, y2], "label": ...}` or `{"point_2d": [x, y], "label": ...}`; it can also answer in the
+`{"bbox_2d": [x1, y1, x2, y2], "label": ...}` or `{"point_2d": [x, y], "label": ...}` (coordinates also come as
+one string, `"point_2d": ["243, 291"]`, `"243,291"`, `"(243, 291)"`, or as corner pairs); it can also answer in the
 plain-text `x1,y1,x2,y2 label` form or as XML `<points x1=".." y1=".." alt="..">phrase</points>` when asked to.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 
@@ -114,18 +116,37 @@ class GroundingResult:
                 "stated_count": self.stated_count, "items": [g.to_dict() for g in self.items]}
 
 
-def _numbers(value, n: int) -> tuple[float, ...] | None:
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _flat_numbers(value, depth: int = 0) -> list | None:
+    """Every coordinate in `value`, in order: numbers as they are, numbers written inside strings ("243, 291",
+    "(243, 291)"), nested lists ([[x1, y1], [x2, y2]], ["243, 291"]); None for anything else (bools, dicts, lists
+    nested deeper than coordinates ever are)."""
     if isinstance(value, str):
-        value = re.findall(r"-?\d+(?:\.\d+)?", value)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (list, tuple)) for v in value):
-        value = [*value[0], *value[1]]  # [[x1, y1], [x2, y2]]
-    if not isinstance(value, (list, tuple)) or len(value) != n:
+        return _NUMBER.findall(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    if not isinstance(value, (list, tuple)) or depth == 3:
+        return None
+    out = []
+    for v in value:
+        inner = _flat_numbers(v, depth + 1)
+        if inner is None:
+            return None
+        out.extend(inner)
+    return out
+
+
+def _numbers(value, n: int) -> tuple[float, ...] | None:
+    flat = _flat_numbers(value)
+    if flat is None or len(flat) != n:
         return None
     try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
+        out = tuple(float(v) for v in flat)
+    except OverflowError:  # an int too large for a float
         return None
-    return out if all(v == v and abs(v) != float("inf") for v in out) else None
+    return out if all(math.isfinite(v) for v in out) else None
 
 
 def _item_from_dict(d: dict) -> Grounding | None:
