@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qwen25vl.errors import InputError
-from qwen25vl.generation.sampling import SamplingParams, sample, sampling_probs, seen_mask
+from qwen25vl.generation.sampling import SamplingParams, make_generator, sample, sampling_probs, seen_mask
 from qwen25vl.generation.stopping import StopStringFilter, find_stop, partial_stop_len
 
 import transformers.generation.logits_process as lp
@@ -201,3 +201,90 @@ def test_mixed_rows_filter_only_where_asked():
     assert top_p[3:].sum() == 0 and (plain[3:] > 0).all()
     _assert_matches(plain, LOGITS[0].softmax(-1))
     assert greedy.tolist() == [1, 0, 0, 0, 0]
+
+
+# --- boundaries and small contracts the mutation run found unguarded (TESTING.md) ---
+
+EXACT = torch.tensor([[0.0, -0.6931472, -0.6931472]])  # softmax exactly [0.5, 0.25, 0.25] in fp32
+
+
+def test_filter_boundaries_are_exact():
+    # top-p: the smallest set whose mass reaches top_p (0.5 + 0.25 = 0.75 exactly: the second 0.25 is not needed)
+    probs = sampling_probs(EXACT, SamplingParams(temperature=1.0, top_p=0.75))[0]
+    assert (probs > 0).sum() == 2 and torch.allclose(probs[:2].sum(), torch.tensor(1.0))
+    # min-p: a token exactly at min_p x the top probability stays (transformers removes strictly below)
+    assert (sampling_probs(EXACT, SamplingParams(temperature=1.0, min_p=0.5))[0] > 0).sum() == 3
+    # top_k=1 alone is a one-hot distribution, whatever the temperature
+    one = sampling_probs(torch.tensor([[0.1, 2.0, 1.9]]), SamplingParams(temperature=0.7, top_k=1))
+    assert one.tolist() == [[0.0, 1.0, 0.0]]
+
+
+def test_sampling_probs_of_greedy_rows_and_lists_of_params():
+    logits = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    torch.testing.assert_close(sampling_probs(logits, SamplingParams()), logits.softmax(-1))  # temperature 1
+    rows = [SamplingParams(temperature=0.5), SamplingParams(temperature=2.0)]
+    torch.testing.assert_close(sampling_probs(logits, rows), torch.stack([(logits[0] / 0.5).softmax(-1),
+                                                                         (logits[1] / 2.0).softmax(-1)]))
+
+
+@pytest.mark.parametrize("penalty", [1.5, 2.0])
+def test_repetition_penalty_alone_equals_transformers(penalty):
+    logits = torch.tensor([[2.0, -1.0, 0.5, -0.2, 0.0], [-2.0, 1.0, 0.3, -0.7, 1.2]])
+    prev = torch.tensor([[0, 1, 3], [0, 3, -1]])  # negative seen logits are multiplied, positive ones divided
+    params = SamplingParams(temperature=1.0, repetition_penalty=penalty)
+    ref = _hf_probs(logits, torch.tensor([[0, 1, 3], [0, 3, 3]]), params)  # transformers takes no padding ids
+    torch.testing.assert_close(sampling_probs(logits, params, prev), ref)
+
+
+def test_seen_mask_forms_and_penalty_without_history():
+    logits = torch.tensor([[1.0, 0.9, 2.0]])
+    mask = torch.tensor([[False, False, True]])  # the (B, V) form: only token 2 seen
+    params = SamplingParams(repetition_penalty=100.0)
+    assert sample(logits, params, prev_tokens=mask).tolist() == [0]
+    probs = sampling_probs(logits, SamplingParams(temperature=1.0, repetition_penalty=100.0), mask)
+    assert probs.argmax(-1).tolist() == [0]
+    # no history given: the penalty has nothing to act on
+    assert sample(logits, params).tolist() == [2]
+    torch.testing.assert_close(sampling_probs(logits, SamplingParams(temperature=1.0, repetition_penalty=2.0)),
+                               logits.softmax(-1))
+    # rows of different lengths: the padding of the shorter row marks nothing
+    assert seen_mask([[3], [0, 2]], 4).tolist() == [[False, False, False, True], [True, False, True, False]]
+    assert seen_mask([], 4).shape == (0, 4)
+
+
+def test_plain_temperature_draws_follow_the_seed():
+    logits = torch.randn(1, 30).repeat(500, 1)
+    params = SamplingParams(temperature=1.0)
+    first = sample(logits, params, torch.Generator().manual_seed(7))
+    assert torch.equal(first, sample(logits, params, torch.Generator().manual_seed(7)))
+    assert not torch.equal(first, sample(logits, params, torch.Generator().manual_seed(8)))
+    gen = make_generator(7, "cpu")
+    assert make_generator(None, "cpu") is None and torch.equal(sample(logits, params, gen), first)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": -1}, "temperature=-1 must be a number >= 0"),
+    ({"temperature": float("inf")}, "temperature=inf must be a number >= 0"),
+    ({"temperature": True}, "temperature=True must be a number >= 0"),
+    ({"temperature": "0.5"}, "temperature='0.5' must be a number >= 0"),
+    ({"top_k": 1.5}, "top_k=1.5 must be an int >= 0"),
+    ({"top_p": 1.5}, r"top_p=1.5 must be in \(0, 1\]"),
+    ({"min_p": -0.1}, r"min_p=-0.1 must be in \[0, 1\]"),
+    ({"max_new_tokens": -1}, "max_new_tokens=-1 must be an int >= 0"),
+    ({"repetition_penalty": float("nan")}, "repetition_penalty=nan must be a number > 0"),
+    ({"seed": "x"}, "seed='x' must be an int or None"),
+    ({"stop": ("ok", 5)}, r"stop=\('ok', 5\) must hold non-empty strings"),
+])
+def test_bad_params_messages(kwargs, message):
+    with pytest.raises(InputError, match=f"^sampling parameter {message}"):
+        SamplingParams(**kwargs)
+
+
+def test_params_normalisation_and_edges():
+    assert SamplingParams(stop="END").stop == ("END",)
+    assert SamplingParams(stop=["a", "b"]).stop == ("a", "b")
+    assert SamplingParams(stop_token_ids=[5, torch.tensor(6)]).stop_token_ids == (5, 6)
+    assert SamplingParams(max_new_tokens=0, min_p=1.0, top_p=1.0).max_new_tokens == 0
+    p = SamplingParams.from_generation_config({"temperature": 0.7, "min_p": 0.05, "max_new_tokens": 77,
+                                               "eos_token_id": 514})
+    assert (p.temperature, p.min_p, p.max_new_tokens, p.stop_token_ids) == (0.7, 0.05, 77, (514,))
