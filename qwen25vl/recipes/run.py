@@ -1,0 +1,165 @@
+"""The training loop every recipe runs, top to bottom: set up, resume, step, log, checkpoint, export.
+
+One process or many (`torchrun --nproc_per_node N`, FSDP2): the same code; the world decides the sharding and
+which packs this rank gets. Output folder layout: `checkpoints/step-*/` (resume state), `log.jsonl` (one line per
+step), `tensorboard/` (when the package is installed), `hf/` (the exported model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from qwen25vl.data.encoding import Encoder
+from qwen25vl.data.loader import PackLoader
+from qwen25vl.data.records import iter_records
+from qwen25vl.errors import ConfigError
+from qwen25vl.recipes.stages import Recipe
+from qwen25vl.train import checkpoint as ckpt
+from qwen25vl.train.activations import checkpoint_blocks
+from qwen25vl.train.distributed import close, init_distributed, shard
+from qwen25vl.train.forward import PackedLoss
+from qwen25vl.train.optim import build_optimizer, build_scheduler, set_trainable
+from qwen25vl.train.step import train_step
+
+
+def train(recipe: Recipe, *, data: list[str], out: str, model: str | None = None, preset: str | None = None,
+          device: str | None = None, resume: bool = True, max_pixels: int | None = None,
+          die_after_step: int | None = None, quiet: bool = False) -> list[dict]:
+    """Run `recipe`; returns the per-step log records (this rank's view of the global loss)."""
+    world = init_distributed(device)
+    torch.manual_seed(recipe.seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = _printer(world.is_main and not quiet)
+
+    # --- model, trainable modules, sharding, optimizer --------------------------------------------------------
+    vlm, source = _load_model(model, preset, out, recipe.seed, world.is_main)
+    counts = set_trainable(vlm, recipe.train)
+    if recipe.checkpoint_vision:
+        checkpoint_blocks(vlm.visual.blocks)
+    if recipe.checkpoint_llm:
+        checkpoint_blocks(vlm.model.layers)
+    loss_fn = PackedLoss(vlm.to(world.device))
+    if world.world_size > 1:
+        shard(loss_fn, bf16=world.device.type == "cuda")
+    optimizer = build_optimizer(loss_fn, recipe.lr, weight_decay=recipe.weight_decay)
+    scheduler = build_scheduler(optimizer, warmup=recipe.warmup, total=recipe.steps, min_ratio=recipe.min_lr_ratio)
+    say(f"{recipe.name}: trainable {_millions(counts)}; world {world.world_size}; device {world.device}")
+
+    # --- data ---------------------------------------------------------------------------------------------------
+    encoder = Encoder.from_pretrained(source, config=vlm.config, max_pixels=max_pixels)
+    records = [item for path in data for item in iter_records(path)]
+    loader = PackLoader(records, encoder, budget=recipe.budget, packs_per_step=recipe.packs_per_step,
+                        world_size=world.world_size, rank=world.rank, seed=recipe.seed, window=recipe.window,
+                        log=say if not quiet else None)
+    say(f"data: {len(loader.records)} records, {loader.steps_per_epoch()} steps per epoch, "
+        f"skipped {dict(loader.skipped) or 0}")
+
+    # --- resume ---------------------------------------------------------------------------------------------------
+    start = 0
+    found = ckpt.list_checkpoints(out / "checkpoints") if resume else []
+    if found:
+        state = ckpt.load_checkpoint(found[-1], loss_fn, optimizer)
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+        ckpt.set_rng_state(state["rng"])
+        start = state["step"]
+        say(f"resumed from {found[-1]} at step {start}")
+
+    # --- the loop ---------------------------------------------------------------------------------------------------
+    log, writer = [], _tensorboard(out, world.is_main)
+    log_file = (out / "log.jsonl").open("a") if world.is_main else None
+    steps = iter(loader)
+    for step in range(start + 1, recipe.steps + 1):
+        t0 = time.perf_counter()
+        work = next(steps)
+        stats = train_step(loss_fn, optimizer, scheduler, [b.to(world.device) for b in work.micro_batches],
+                           global_targets=work.global_targets, world_size=world.world_size,
+                           max_grad_norm=recipe.max_grad_norm)
+        seconds = time.perf_counter() - t0
+        entry = {"step": step, "loss": stats["loss"], "lr": stats["lr"], "grad_norm": stats["grad_norm"],
+                 "tokens_per_s": work.global_tokens / seconds, "targets": work.global_targets,
+                 "packing": work.global_tokens / work.global_capacity, "epoch": work.epoch, "seconds": seconds}
+        log.append(entry)
+        if log_file is not None:
+            log_file.write(json.dumps(entry) + "\n")
+            log_file.flush()
+        if writer is not None:
+            for key in ("loss", "lr", "tokens_per_s", "packing"):
+                writer.add_scalar(f"train/{key}", entry[key], step)
+        say(f"step {step}/{recipe.steps}  loss {entry['loss']:.4f}  lr {entry['lr']:.2e}  "
+            f"{entry['tokens_per_s']:.0f} tok/s  packing {entry['packing']:.0%}")
+        if step % recipe.save_every == 0 or step == recipe.steps:
+            trainer = {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "rng": ckpt.rng_state()}
+            ckpt.save_checkpoint(out / "checkpoints", step, loss_fn, optimizer, trainer, keep=recipe.keep,
+                                 is_main=world.is_main)
+        if die_after_step == step:  # tests: a real SIGKILL mid-run, no cleanup of any kind
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # --- export ---------------------------------------------------------------------------------------------------
+    ckpt.export_hf(loss_fn, out / "hf", source=source, is_main=world.is_main)
+    say(f"wrote {out / 'hf'}")
+    if log_file is not None:
+        log_file.close()
+    if writer is not None:
+        writer.close()
+    close()
+    return log
+
+
+def _load_model(model: str | None, preset: str | None, out: Path, seed: int, is_main: bool):
+    """(Qwen25VL in fp32, the folder holding its tokenizer and processor files)."""
+    from qwen25vl.model.vlm import Qwen25VL
+
+    if (model is None) == (preset is None):
+        raise ConfigError("give exactly one of --model FOLDER (an HF checkpoint) or --preset NAME (random init)")
+    if model is not None:
+        return Qwen25VL.from_pretrained(model, dtype=torch.float32, progress=False), Path(model)
+    from qwen25vl.config import Qwen25VLConfig
+
+    if preset != "tiny":
+        raise ConfigError(f"random init is offered for the tiny preset only here (got {preset!r}); "
+                          "start larger runs from an HF folder")
+    from qwen25vl.testing.checkpoint import init_random_weights
+    from qwen25vl.testing.tokenizer import write_preprocessor_config, write_tiny_tokenizer
+
+    vlm = Qwen25VL(Qwen25VLConfig.preset(preset))
+    init_random_weights(vlm, seed, embed_std=1.0, gain=1.0)
+    source = out / "init"
+    if is_main:
+        write_tiny_tokenizer(source)
+        write_preprocessor_config(source)
+    from qwen25vl.train.distributed import barrier
+
+    barrier()
+    return vlm, source
+
+
+def _tensorboard(out: Path, is_main: bool):
+    if not is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the optional `tensorboard` package
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _millions(counts: dict) -> str:
+    return ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
+
+
+def _printer(enabled: bool):
+    def say(text: str) -> None:
+        if enabled:
+            print(text, file=sys.stderr, flush=True)
+
+    return say
+
