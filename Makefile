@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench clean
+.PHONY: install test bench mutate clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_image.py --reps 3
 	$(PY) benchmarks/bench_tokenizer.py --turns 300 --reps 7
 	$(PY) benchmarks/bench_serve.py --threads 1 --rounds 2
+
+# Mutation testing of the core pure modules with mutmut (tens of minutes; not part of `make test`): kill rates and
+# surviving mutants go to TESTING.md. `make mutate MODULES="positions sampling"` runs some modules only.
+mutate: $(STAMP)
+	$(PY) tools/mutate.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

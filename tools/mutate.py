@@ -1,0 +1,321 @@
+"""Mutation testing of the core pure modules with mutmut 3 (`make mutate`); writes the kill rates to TESTING.md.
+
+Each module is mutated in a scratch copy of the tree (build/mutate/<module>/, so other work in the tree is never
+touched and never seen), with only the test files that guard it selected. mutmut maps every test to the functions it
+calls and runs, for each mutant, only the selected tests that reach the mutated function. Results are written
+between the MUTATION-RESULTS markers of TESTING.md: per module, the mutants found, killed, survived, judged
+equivalent (EQUIVALENT below, with the reason), and the kill rate of the non-equivalent ones.
+
+    .venv/bin/python tools/mutate.py                      # every module (tens of minutes on 2 shared cores)
+    .venv/bin/python tools/mutate.py positions sampling   # some modules; the other rows of the table are kept
+    .venv/bin/python tools/mutate.py --list               # the modules and their test selections
+
+Mutant names (`qwen25vl.positions.x_vision_block_ids__mutmut_7`) number the mutations of one function in order, so
+an edit to a function renumbers its mutants: re-check the EQUIVALENT entries of a function after changing it (a
+stale entry is reported as 'equivalent entry not found').
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRATCH = ROOT / "build" / "mutate"
+TESTING_MD = ROOT / "TESTING.md"
+BEGIN, END = "<!-- MUTATION-RESULTS:BEGIN -->", "<!-- MUTATION-RESULTS:END -->"
+MUTMUT = Path(sys.executable).parent / "mutmut"
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str
+    path: str  # the file mutated
+    tests: tuple[str, ...]  # glob patterns of the test files selected for it
+    functions: tuple[str, ...] = ()  # only these functions / methods ("Class.method"); empty = all
+
+    def patterns(self) -> list[str]:
+        """mutmut name patterns of the mutants to run."""
+        dotted = self.path[:-3].replace("/", ".")
+        if not self.functions:
+            return [f"{dotted}.*"]
+        out = []
+        for f in self.functions:
+            cls, _, meth = f.rpartition(".")
+            out.append(f"{dotted}.x\u01c1{cls}\u01c1{meth}__mutmut_*" if cls else f"{dotted}.x_{f}__mutmut_*")
+        return out
+
+
+MODULES = [
+    Module("positions", "qwen25vl/positions.py", ("tests/test_positions.py", "tests/test_mutants_positions*.py")),
+    Module("vision_layout", "qwen25vl/vision_layout.py",
+           ("tests/test_vision_layout.py", "tests/test_mutants_vision_layout*.py")),
+    Module("attention", "qwen25vl/model/attention.py", ("tests/test_attention.py", "tests/test_mutants_attention*.py")),
+    Module("sampling", "qwen25vl/generation/sampling.py", ("tests/test_sampling.py", "tests/test_mutants_sampling*.py")),
+    Module("chat_template", "qwen25vl/processing/chat_template.py",
+           ("tests/test_chat_template.py", "tests/test_mutants_chat_template*.py")),
+    Module("image_resize", "qwen25vl/processing/image.py", ("tests/test_image.py", "tests/test_mutants_image*.py"),
+           functions=("smart_resize", "resolve_pixel_limits", "_share_budget", "ResizeInfo.scale",
+                      "ResizeInfo.to_original", "ResizeInfo.to_resized")),
+    Module("coords", "qwen25vl/tasks/coords.py",
+           ("tests/test_tasks_grounding.py", "tests/test_tasks_coords*.py", "tests/test_mutants_coords*.py")),
+    Module("grounding", "qwen25vl/tasks/grounding.py",
+           ("tests/test_tasks_grounding.py", "tests/test_mutants_grounding*.py")),
+]
+BY_NAME = {m.name: m for m in MODULES}
+
+# Mutants no test can kill because the mutated program behaves the same: name -> one-line reason. Only for modules
+# whose survivors were judged one by one; a survivor not listed here counts against the kill rate.
+EQUIVALENT: dict[str, str] = {}
+
+
+@dataclass
+class Outcome:
+    module: Module
+    status: dict[str, str] = field(default_factory=dict)  # mutant name -> killed / survived / timeout / no tests ...
+    diffs: dict[str, str] = field(default_factory=dict)  # survivor -> diff
+    seconds: float = 0.0
+    error: str = ""
+
+    def count(self, *statuses: str) -> int:
+        return sum(1 for s in self.status.values() if s in statuses)
+
+    @property
+    def survivors(self) -> list[str]:
+        return sorted((n for n, s in self.status.items() if s not in ("killed", "timeout", "segfault")), key=_natural)
+
+    def row(self) -> str:
+        m = self.module
+        if self.error:
+            return f"| {m.name} | `{m.path}` | error: {self.error} | | | | |"
+        total = len(self.status)
+        killed = self.count("killed", "timeout", "segfault")  # a hang or a crash under the mutant is a detection
+        equivalent = sum(1 for n in self.survivors if n in EQUIVALENT)
+        alive = len(self.survivors) - equivalent
+        judged = total - equivalent
+        rate = f"{100 * killed / judged:.1f}%" if judged else "n/a"
+        return f"| {m.name} | `{m.path}` | {total} | {killed} | {alive} | {equivalent} | {rate} |"
+
+
+def _natural(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _selected_tests(module: Module) -> list[str]:
+    files = sorted({f for pattern in module.tests for f in glob.glob(pattern, root_dir=ROOT)})
+    if not files:
+        raise SystemExit(f"{module.name}: no test file matches {module.tests}")
+    return files
+
+
+def _prepare(module: Module) -> Path:
+    """A fresh scratch tree: the package, the tests and a pyproject.toml that configures mutmut for this module."""
+    work = SCRATCH / module.name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "qwen25vl", work / "qwen25vl", ignore=ignore)
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=ignore)
+    tests = _selected_tests(module)
+    toml = "\n".join([
+        "[tool.mutmut]",
+        'source_paths = ["qwen25vl"]',
+        f"only_mutate = [{json.dumps(module.path)}]",
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        'pytest_add_cli_args = ["-x", "-q", "-p", "no:cacheprovider"]',
+        'process_isolation = "forkserver"',  # torch is not fork-safe after its thread pools start
+        "use_git_change_detection = false",
+        "",
+        "[tool.pytest.ini_options]",
+        'addopts = "-ra"',
+        "",
+    ])
+    (work / "pyproject.toml").write_text(toml)
+    return work
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", QWEN25VL_TEST_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+def run_module(module: Module, children: int) -> Outcome:
+    out = Outcome(module)
+    work = _prepare(module)
+    start = time.monotonic()
+    cmd = [str(MUTMUT), "run", "--max-children", str(children), *module.patterns()]
+    with open(work / "mutmut.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    out.seconds = time.monotonic() - start
+    meta = work / "mutants" / (module.path + ".meta")
+    if not meta.exists():
+        out.error = f"mutmut exited {proc.returncode} without results (see {work / 'mutmut.log'})"
+        return out
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    wanted = [re.compile(_fnmatch_re(p)) for p in module.patterns()]
+    for name, code in codes.items():
+        if any(w.fullmatch(name) for w in wanted):
+            out.status[name] = _status(code)
+    out.diffs = _diffs(work, module.path, out.survivors)
+    if not out.status:
+        out.error = f"no mutants ran (see {work / 'mutmut.log'})"
+    return out
+
+
+_DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+path, names = sys.argv[1], json.loads(sys.stdin.read())
+print(json.dumps({n: get_diff_for_mutant(n, path=path) for n in names}))
+"""
+
+
+def _diffs(work: Path, path: str, names: list[str]) -> dict[str, str]:
+    """Each mutant's diff, in one process (`mutmut show` costs seconds per call)."""
+    if not names:
+        return {}
+    done = subprocess.run([sys.executable, "-c", _DIFFS, path], cwd=work, env=_env(), input=json.dumps(names),
+                          capture_output=True, text=True)
+    if done.returncode:
+        return {n: f"(diff unavailable: {done.stderr.strip().splitlines()[-1:]})" for n in names}
+    return {n: _trim_diff(d) for n, d in json.loads(done.stdout).items()}
+
+
+def _fnmatch_re(pattern: str) -> str:
+    return ".*".join(re.escape(part) for part in pattern.split("*"))
+
+
+def _status(code) -> str:
+    from mutmut.stats import status_by_exit_code
+
+    return status_by_exit_code[code]
+
+
+def _trim_diff(text: str) -> str:
+    """The changed lines of `mutmut show`'s unified diff (without the headers)."""
+    lines = [ln for ln in text.splitlines() if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))]
+    return "\n".join(lines)
+
+
+def report(outcomes: list[Outcome]) -> str:
+    lines = [
+        BEGIN,
+        "",
+        "| module | file | mutants | killed | survived | equivalent | kill rate (non-equivalent) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [o.row() for o in outcomes]
+    lines.append("")
+    lines.append("Killed includes mutants that hang (timeout) or crash. Measured with "
+                 f"`make mutate` (mutmut, {_mutmut_version()}); per-module wall time: "
+                 + ", ".join(f"{o.module.name} {o.seconds / 60:.1f} min" for o in outcomes if o.seconds) + ".")
+    for o in outcomes:
+        if not o.survivors:
+            continue
+        lines += ["", f"### Survivors: {o.module.name}", ""]
+        for name in o.survivors:
+            reason = EQUIVALENT.get(name)
+            verdict = f"equivalent: {reason}" if reason else f"**not killed** ({o.status[name]})"
+            lines.append(f"- `{name}`: {verdict}")
+            diff = o.diffs.get(name, "")
+            if diff:
+                lines += ["  ```diff", *("  " + d for d in diff.splitlines()), "  ```"]
+    stale = sorted(n for n in EQUIVALENT if not any(n in o.status for o in outcomes)
+                   and any(n.startswith(o.module.path[:-3].replace("/", ".") + ".") for o in outcomes))
+    if stale:
+        lines += ["", "Equivalent entries not found among this run's mutants (renumbered? re-check them): "
+                  + ", ".join(f"`{n}`" for n in stale)]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def _mutmut_version() -> str:
+    from importlib.metadata import version
+
+    return version("mutmut")
+
+
+def merge_into_testing_md(outcomes: list[Outcome]) -> None:
+    """Replace the results block; modules not run this time keep their previous rows and survivor lists."""
+    text = TESTING_MD.read_text() if TESTING_MD.exists() else f"# Testing\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    old, tail = rest.split(END, 1)
+    previous = _previous_sections(old)
+    ran = {o.module.name for o in outcomes}
+    block = report(outcomes)
+    kept = [previous[m.name] for m in MODULES if m.name not in ran and m.name in previous]
+    if kept:  # splice old rows and survivor sections back in, in module order
+        rows = [r for r, _ in kept]
+        sections = [s for _, s in kept if s]
+        block = _splice(block, rows, sections)
+    TESTING_MD.write_text(head + block + tail)
+
+
+def _previous_sections(old: str) -> dict[str, tuple[str, str]]:
+    found: dict[str, tuple[str, str]] = {}
+    for m in MODULES:
+        row = next((ln for ln in old.splitlines() if ln.startswith(f"| {m.name} |")), None)
+        if row is None:
+            continue
+        sec = re.search(rf"\n### Survivors: {re.escape(m.name)}\n.*?(?=\n### Survivors: |\nEquivalent entries|\Z)",
+                        old, re.S)
+        found[m.name] = (row, sec.group(0) if sec else "")
+    return found
+
+
+def _splice(block: str, rows: list[str], sections: list[str]) -> str:
+    lines = block.splitlines()
+    table_end = max(i for i, ln in enumerate(lines) if ln.startswith("| "))
+    order = {m.name: i for i, m in enumerate(MODULES)}
+    table = lines[2 : table_end + 1]
+    header, body = table[:2], table[2:] + rows
+    body.sort(key=lambda r: order.get(r.split("|")[1].strip(), 99))
+    lines[2 : table_end + 1] = header + body
+    out = "\n".join(lines)
+    return out.replace(f"\n\n{END}", "".join(sections) + f"\n\n{END}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("modules", nargs="*", help=f"modules to run (default all): {', '.join(BY_NAME)}")
+    parser.add_argument("--children", type=int, default=2, help="mutants run in parallel (default 2)")
+    parser.add_argument("--list", action="store_true", help="print the modules and their test selections")
+    parser.add_argument("--no-write", action="store_true", help="print the report instead of updating TESTING.md")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in BY_NAME]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; known: {list(BY_NAME)}")
+    modules = [BY_NAME[m] for m in args.modules] or MODULES
+    if args.list:
+        for m in modules:
+            funcs = f" [{', '.join(m.functions)}]" if m.functions else ""
+            print(f"{m.name}: {m.path}{funcs} <- {' '.join(_selected_tests(m))}")
+        return 0
+    outcomes = []
+    for m in modules:
+        print(f"== {m.name}: {m.path} <- {' '.join(_selected_tests(m))}", flush=True)
+        o = run_module(m, args.children)
+        outcomes.append(o)
+        print(o.row(), f"({o.seconds / 60:.1f} min)", flush=True)
+    if args.no_write:
+        print(report(outcomes))
+    else:
+        merge_into_testing_md(outcomes)
+        print(f"wrote {TESTING_MD.relative_to(ROOT)}")
+    return 1 if any(o.error for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
