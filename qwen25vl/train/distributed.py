@@ -65,4 +65,5 @@ def barrier() -> None:
 
 def close() -> None:
     if dist.is_initialized():
+        dist.barrier()  # no rank tears the group down while another still talks to it (gloo aborts then)
         dist.destroy_process_group()
