@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?(.*?)(```|$)", re.DOTALL)
 _DECODER = json.JSONDecoder()
 _PY_CONSTANTS = {"true": "True", "false": "False", "null": "None"}
+_PY_SCALAR = re.compile(r"'(?:[^'\\\n]|\\.)*'|(?:True|False|None)\b")
 
 
 @dataclass
@@ -36,6 +37,24 @@ def strip_fences(text: str, language: str | None = None) -> tuple[str, str, bool
             outside = text[: match.start()] + "\n" + text[match.end() :]
             return match.group(2), outside, match.group(3) == ""
     return text, "", False
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str, bool]]:
+    """Every fenced block in order: (language, body, closed)."""
+    return [(m.group(1).lower(), m.group(2), m.group(3) != "") for m in _FENCE.finditer(text)]
+
+
+def segments(text: str) -> list[tuple[bool, str, bool]]:
+    """The whole text cut at its fences, in order: (fenced, body, closed); prose between fences is unfenced."""
+    out, i = [], 0
+    for m in _FENCE.finditer(text):
+        if text[i : m.start()].strip():
+            out.append((False, text[i : m.start()], True))
+        out.append((True, m.group(2), m.group(3) != ""))
+        i = m.end()
+    if text[i:].strip():
+        out.append((False, text[i:], True))
+    return out
 
 
 def _matching_close(text: str, start: int) -> int | None:
@@ -66,6 +85,12 @@ def decode_value_at(text: str, pos: int):
         return _DECODER.raw_decode(text, pos)
     except (json.JSONDecodeError, RecursionError):  # garbage such as "[[[[..." nests past the stack
         pass
+    scalar = _PY_SCALAR.match(text, pos)  # a Python-literal string or constant ('O\'Neil', True, None)
+    if scalar:
+        try:
+            return ast.literal_eval(scalar.group(0)), scalar.end()
+        except (ValueError, SyntaxError):  # a bad escape such as '\N'
+            return None
     end = _matching_close(text, pos)
     if end is None:
         return None
@@ -91,6 +116,25 @@ def _decode_list_prefix(text: str, pos: int) -> tuple[list, int, bool]:
             return items, len(text), False
         value, i = decoded
         items.append(value)
+
+
+def decode_object_prefix(text: str, pos: int) -> tuple[dict, bool]:
+    """The complete `"key": value` pairs of the object opened at `pos`, up to where it closes or stops decoding:
+    (pairs, closed). For an answer cut off inside an object, the finished pairs survive."""
+    out, i = {}, pos + 1
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        if i >= len(text) or text[i] == "}":
+            return out, i < len(text)
+        key = decode_value_at(text, i) if text[i] in "\"'" else None
+        if key is None or not isinstance(key[0], str):  # a bare or unfinished key: stop here
+            return out, False
+        colon = re.compile(r"\s*:\s*").match(text, key[1])
+        value = decode_value_at(text, colon.end()) if colon else None
+        if value is None:
+            return out, False
+        out[key[0]], i = value
 
 
 def extract_json_values(text: str) -> Extracted:
