@@ -7,6 +7,7 @@ step), `tensorboard/` (when the package is installed), `hf/` (the exported model
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -80,9 +81,10 @@ def train(recipe: Recipe, *, data: list[str], out: str, model: str | None = None
     for step in range(start + 1, recipe.steps + 1):
         t0 = time.perf_counter()
         work = next(steps)
-        stats = train_step(loss_fn, optimizer, scheduler, [b.to(world.device) for b in work.micro_batches],
-                           global_targets=work.global_targets, world_size=world.world_size,
-                           max_grad_norm=recipe.max_grad_norm)
+        with _autocast(world):
+            stats = train_step(loss_fn, optimizer, scheduler, [b.to(world.device) for b in work.micro_batches],
+                               global_targets=work.global_targets, world_size=world.world_size,
+                               max_grad_norm=recipe.max_grad_norm)
         seconds = time.perf_counter() - t0
         entry = {"step": step, "loss": stats["loss"], "lr": stats["lr"], "grad_norm": stats["grad_norm"],
                  "tokens_per_s": work.global_tokens / seconds, "targets": work.global_targets,
@@ -140,6 +142,13 @@ def _load_model(model: str | None, preset: str | None, out: Path, seed: int, is_
 
     barrier()
     return vlm, source
+
+
+def _autocast(world):
+    """bf16 compute on one GPU (FSDP's mixed-precision policy does it on several); fp32 on CPU."""
+    if world.device.type == "cuda" and world.world_size == 1:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _tensorboard(out: Path, is_main: bool):
