@@ -365,3 +365,133 @@ def test_function_calling_equals_qwen25_instruct_template(system, with_tools, ad
     assert rendered.text == ref
     assert rendered.input_ids == hf_tok(ref, add_special_tokens=False)["input_ids"]
     assert ref.count("<tool_call>\n{") == 3 + (1 if with_tools else 0) and ref.count("<tool_response>") == 3
+
+
+# --- edges the mutation run found unguarded (TESTING.md) ---
+
+PART_FORMS = [
+    [{"type": "image"}, {"type": "text", "text": "type only"}],
+    [{"image": "x.png"}, {"text": "key only, no type"}],
+    [{"type": "video"}, {"video": "v.mp4"}, "a plain string part", {"type": "image_url", "image_url": {"url": "u"}}],
+]
+
+
+@pytest.mark.parametrize("content", PART_FORMS, ids=["type-only", "key-only", "mixed"])
+def test_part_forms_match_official_template(content, tok, hf_tok):
+    messages = [{"role": "user", "content": content}]
+    ref_content = [{"type": "text", "text": p} if isinstance(p, str) else p for p in content]  # jinja: dict parts
+    ref = hf_tok.apply_chat_template([{"role": "user", "content": ref_content}], chat_template=OFFICIAL_CHAT_TEMPLATE,
+                                     tokenize=False, add_generation_prompt=True, add_vision_id=True)
+    assert render(messages, tokenizer=tok, add_generation_prompt=True, add_vision_id=True).text == ref
+
+
+def test_video_url_parts_in_every_form():
+    forms = [{"type": "video_url", "video_url": {"url": "v"}}, {"type": "video_url"}, {"video_url": {"url": "v"}}]
+    for part in forms:
+        assert media_parts([{"role": "user", "content": [part]}]) == [("video", part)]
+
+
+def test_counts_per_item_and_result_fields(tok):
+    images = [{"type": "image", "image": f"{i}.png"} for i in range(3)]
+    videos = [{"type": "video", "video": f"{i}.mp4"} for i in range(3)]
+    messages = [{"role": "user", "content": images + videos + ["Which?"]}, {"role": "assistant", "content": "The 2nd."}]
+    rendered = render(messages, tokenizer=tok, image_token_counts=[2, 3, 1], video_token_counts=[4, 1, 5])
+    runs, ids = [], rendered.input_ids
+    i = 0
+    while i < len(ids):  # lengths of the runs of pad tokens, in order
+        if ids[i] in (tok.special.image_pad, tok.special.video_pad):
+            j = i
+            while j < len(ids) and ids[j] == ids[i]:
+                j += 1
+            runs.append((ids[i], j - i))
+            i = j
+        else:
+            i += 1
+    img, vid = tok.special.image_pad, tok.special.video_pad
+    assert runs == [(img, 2), (img, 3), (img, 1), (vid, 4), (vid, 1), (vid, 5)]
+    assert (rendered.num_images, rendered.num_videos) == (3, 3)
+    (a, b), = rendered.answer_spans
+    assert rendered.text[a:b] == "The 2nd.<|im_end|>\n"
+    only_videos = render(messages, tokenizer=tok, video_token_counts=[4, 1, 5])
+    assert only_videos.input_ids.count(vid) == 10 and only_videos.input_ids.count(img) == 3
+    text = render_text([{"role": "user", "content": videos[:2]}], add_vision_id=True)[0]
+    assert "Video 1: <|vision_start|>" in text and "Video 2: <|vision_start|>" in text
+    with pytest.raises(InputError, match="^a vision item must have at least one token, got 0$"):
+        render(messages, tokenizer=tok, image_token_counts=[2, 0, 1])
+    with pytest.raises(InputError, match=r"^the conversation has 1 video part\(s\) but its text holds 2 <\|video_pad\|>"):
+        render([{"role": "user", "content": [videos[0], {"text": "<|video_pad|>"}]}], tokenizer=tok)
+    with pytest.raises(InputError, match=r"^2 video token count\(s\) given for 3 video part\(s\)$"):
+        render(messages, tokenizer=tok, video_token_counts=[1, 1])
+
+
+def test_empty_conversation_renders_the_default_system_turn():
+    assert render_text([])[0] == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert render_text([], add_generation_prompt=True)[0].endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+
+TOOL_EDGES = {
+    "tool-results-first-and-last": [{"role": "tool", "content": "A"}, {"role": "tool", "content": "B"},
+                                    {"role": "assistant", "content": "Seen."}, {"role": "tool", "content": "C"},
+                                    {"role": "tool", "content": "D"}],
+    "tool-result-without-calls": [{"role": "user", "content": "Q"}, {"role": "tool", "content": "R"},
+                                  {"role": "assistant", "content": "A"}],
+    "user-with-tool_calls-key": [{"role": "user", "content": "Q", "tool_calls": [{"name": "f", "arguments": {}}]},
+                                 {"role": "assistant", "content": "A"}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOOL_EDGES))
+def test_tool_edges_equal_qwen25_instruct_template(name, tok, hf_tok):
+    messages = [{"role": "system", "content": "S"}] + TOOL_EDGES[name]
+    ref = hf_tok.apply_chat_template(messages, tools=TOOLS, chat_template=QWEN25_INSTRUCT_TEMPLATE, tokenize=False)
+    assert render(messages, tokenizer=tok, tools=TOOLS).text == ref
+
+
+def test_tool_call_details():
+    user = {"role": "user", "content": "go"}
+    no_args = {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]}
+    assert '{"name": "f", "arguments": {}}' in render_text([user, no_args])[0]
+    empty = render_text([user, no_args, {"role": "tool", "content": None}])[0]
+    assert empty.endswith("<|im_start|>user\n<tool_response>\n\n</tool_response><|im_end|>\n")
+    long_bad = "{" + "x" * 100
+    call = {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": long_bad}}]}
+    with pytest.raises(InputError, match=r"\.arguments is not valid JSON: '\{x{79}'$"):
+        render_text([user, call])
+
+
+@pytest.mark.parametrize("messages, message", [
+    ("hello", r"^messages must be a list of dicts, got str$"),
+    ([{"role": "user", "content": "a"}, "b"], r"^messages\[1\] must be a dict, got str$"),
+    ([{"role": 5, "content": "a"}], r"^messages\[0\]\.role must be a non-empty string, got 5$"),
+    ([{"role": "user", "content": 5}], r"^messages\[0\]\.content must be a string or a list of parts, got int$"),
+    ([{"role": "user", "content": [{"type": "text", "text": 5}]}],
+     r"^messages\[0\]\.content\[0\]\.text must be a string, got int$"),
+    ([{"role": "user", "content": [7]}], r"^messages\[0\]\.content\[0\]: a content part must be a dict or str, got int$"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": None, "tool_calls": ["x"]}],
+     r"^messages\[1\]\.tool_calls\[0\] must be a dict, got str$"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": None, "tool_calls": [{"function": "f"}]}],
+     r"^messages\[1\]\.tool_calls\[0\]: the function name is missing$"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": [{"type": "input_audio"}],
+                                          "tool_calls": [{"name": "f"}]}],
+     r"^messages\[1\]\.content\[0\]: unsupported content part type 'input_audio'"),
+    ([{"role": "assistant", "content": None, "tool_calls": [{"name": "f"}]},
+      {"role": "tool", "content": [{"type": "input_audio"}]}],
+     r"^messages\[1\]\.content\[0\]: unsupported content part type 'input_audio'"),
+])
+def test_mistakes_name_the_place(messages, message):
+    with pytest.raises(InputError, match=message):
+        render_text(messages)
+
+
+def test_system_parts_with_tools_and_their_mistakes():
+    def system(*parts):
+        return [{"role": "system", "content": list(parts)}, {"role": "user", "content": "hi"}]
+
+    assert render_text(system("Be ", {"type": "text", "text": "brief."}), tools=TOOLS)[0].startswith(
+        "<|im_start|>system\nBe brief.\n\n# Tools")
+    with pytest.raises(InputError, match=r"^messages\[0\]\.content\[0\]: unsupported content part type"):
+        render_text(system({"type": "input_audio"}), tools=TOOLS)
+    with pytest.raises(InputError, match=r"^messages\[0\]\.content\[1\]\.text must be a string, got int$"):
+        render_text(system("a", {"type": "text", "text": 3}), tools=TOOLS)
+    with pytest.raises(InputError, match=r"^messages\[0\]\.content\[0\]: unsupported content part type"):
+        media_parts([{"role": "user", "content": [{"type": "input_audio"}]}])
