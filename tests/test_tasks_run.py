@@ -150,6 +150,89 @@ def test_cli_act_reports_a_bad_action_as_one_line(tmp_path, fake_load, capsys):
     assert "unknown action 'fly'" in capsys.readouterr().err
 
 
+class StreamingVLM(FakeVLM):
+    """Streams its answer in `pieces` when asked to, as the real VLM.chat(stream=True) does."""
+
+    def __init__(self, pieces):
+        super().__init__("".join(pieces))
+        self.pieces = pieces
+
+    def chat(self, messages, stream=False, **sampling):
+        super().chat(messages, stream=stream, **sampling)
+        return iter(self.pieces) if stream else self.answer
+
+
+def _image_file(tmp_path, name="in.png"):
+    src = tmp_path / name
+    Image.new("RGB", (280, 280), (128, 128, 128)).save(src)
+    return src
+
+
+@pytest.mark.parametrize("command", [["ground", "IMG", "thing"], ["parse-doc", "IMG"], ["act", "IMG", "click it"]])
+@pytest.mark.parametrize("out, message", [
+    ("missing/a.png", "folder '{tmp}/missing' does not exist"), ("a.xyz", "'.xyz' is not an image format"),
+    ("noext", "'no extension' is not an image format"), (".", "is a folder; give a file name")])
+def test_cli_out_is_checked_before_the_model_loads(tmp_path, fake_load, capsys, command, out, message):
+    from qwen25vl.cli import main
+
+    src = _image_file(tmp_path)
+    target = out if out == "." else str(tmp_path / out)
+    argv = [str(src) if a == "IMG" else a for a in command] + ["--out", target]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qwen25vl: error: --out") and message.format(tmp=tmp_path) in err
+    assert "Traceback" not in err and "path" not in fake_load  # nothing was loaded or generated
+
+
+def test_cli_picture_that_cannot_be_written_keeps_the_printed_result(tmp_path, fake_load, capsys, monkeypatch):
+    from qwen25vl.cli import main
+
+    def full_disk(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    fake_load["vlm"] = FakeVLM('[{"bbox_2d": [20, 30, 200, 250], "label": "thing"}]')
+    src = str(_image_file(tmp_path))
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    assert main(["ground", src, "thing", "--out", str(tmp_path / "o.png"), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["items"][0]["label"] == "thing"  # the answer was printed first
+    assert "could not write the picture" in captured.err and "No space left" in captured.err
+
+
+def test_cli_shows_generation_on_stderr(tmp_path, fake_load, capsys, monkeypatch):
+    import io
+
+    from qwen25vl.cli import main
+
+    src = str(_image_file(tmp_path))
+    pieces = ['[{"bbox_2d": ', "[1, 2, 3, 4], ", '"label": "a"}]', " and more"]
+    fake_load["vlm"] = vlm = StreamingVLM(pieces)
+    assert main(["ground", src, "a", "--stream", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert vlm.calls[-1][1]["stream"] is True  # the wrapper asked for a stream
+    assert captured.err.startswith("".join(pieces) + "\n")  # the answer's text, as it came
+    assert "generated 4 tokens in " in captured.err and json.loads(captured.out)["count"] == 1
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    assert main(["ground", src, "a"]) == 0
+    shown = terminal.getvalue()
+    assert shown.startswith("\rgenerating: 1 tokens") and "\r\x1b[Kgenerated 4 tokens" in shown
+    assert "bbox_2d" not in shown  # without --stream a terminal sees the count, not the text
+
+
+def test_cli_bad_screen_size_is_one_line(tmp_path, fake_load, capsys):
+    from qwen25vl.cli import main
+
+    assert main(["act", str(_image_file(tmp_path)), "go", "--screen-size", "wide"]) == 2
+    assert "--screen-size must be WIDTHxHEIGHT such as 2560x1600, got 'wide'" in capsys.readouterr().err
+    assert "path" not in fake_load
+
+
 def test_cli_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
     import qwen25vl.testing.checkpoint as checkpoint
     from qwen25vl.cli import main
@@ -167,19 +250,16 @@ def test_cli_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
     if code == 0:  # no tool call, or a valid one: the JSON lists the actions
         assert isinstance(json.loads(captured.out)["actions"], list)
     else:  # a <tool_call> with a bad action: one readable line, no traceback
-        assert code == 2 and captured.err.startswith("qwen25vl: error:") and "Traceback" not in captured.err
+        last = captured.err.strip().splitlines()[-1]
+        assert code == 2 and last.startswith("qwen25vl: error:") and "Traceback" not in captured.err
     assert main(["parse-doc", str(src), "--format", "json", *common]) == 0
     assert isinstance(json.loads(capsys.readouterr().out)["blocks"], list)
 
 
-def test_cli_video_find_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
+def _bright_clip(path):
     import av
-    import qwen25vl.testing.checkpoint as checkpoint
     import numpy as np
 
-    from qwen25vl.cli import main
-
-    path = tmp_path / "clip.mp4"
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=4)
         stream.width = stream.height = 64
@@ -188,13 +268,56 @@ def test_cli_video_find_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
             frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 20, np.uint8), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize("answer", ["The given query happens in 0.5 - 1.75 seconds.",
+                                    '```json\n[{"start_time": "00:00.50", "end_time": "00:01.75", '
+                                    '"description": "it gets bright"}]\n```'])
+def test_cli_video_find_adds_the_start_offset_to_the_spans(tmp_path, capsys, monkeypatch, answer):
+    """The real tiny model decodes and reads the real clip; its (random) answer is replaced by a known one, so the
+    spans are known: the cut's start must be added to them, as numbers."""
+    import qwen25vl.api as api
+    import qwen25vl.testing.checkpoint as checkpoint
+    from qwen25vl.cli import main
+    from qwen25vl.tasks import parse_timestamp
+
+    sent = []
+    real_chat = api.VLM.chat
+
+    def chat(self, messages, stream=False, **sampling):
+        out = real_chat(self, messages, stream=stream, **sampling)
+        if stream:
+            out = "".join(out)  # the model really ran on the video
+        sent.append(messages[0]["content"][0])
+        return answer
+
+    monkeypatch.setattr(api.VLM, "chat", chat)
+    path = _bright_clip(tmp_path / "clip.mp4")
     model = checkpoint.make_tiny_checkpoint(tmp_path / "model")
-    args = ["video-find", str(path), "it gets bright", "--model", str(model), "--max-new-tokens", "8", "--json"]
-    assert main(args + ["--start", "1", "--style", "mm:ss.ff"]) == 0
-    data = json.loads(capsys.readouterr().out)
-    assert isinstance(data["spans"], list) and isinstance(data["raw"], str)
-    for span in data["spans"]:  # whatever a random model says, a parsed span is shifted by the cut
-        assert span["start"] >= "00:01.00"
+    args = ["video-find", str(path), "it gets bright", "--model", str(model), "--max-new-tokens", "4", "--json"]
+
+    assert main(args) == 0
+    uncut = json.loads(capsys.readouterr().out)["spans"]
+    assert [(s["start"], s["end"]) for s in uncut] == [(0.5, 1.75)]  # no cut: the model's own times
+    assert main(args + ["--start", "1", "--end", "3"]) == 0
+    (span,) = json.loads(capsys.readouterr().out)["spans"]
+    assert isinstance(span["start"], float) and span["start"] == pytest.approx(1.5)
+    assert span["end"] == pytest.approx(2.75)
+    assert main(args + ["--start", "1.25", "--style", "mm:ss.ff"]) == 0
+    (span,) = json.loads(capsys.readouterr().out)["spans"]
+    assert parse_timestamp(span["start"]) == pytest.approx(1.75) and parse_timestamp(span["end"]) == pytest.approx(3.0)
+    assert [p.get("video_start") for p in sent] == [None, 1.0, 1.25]  # the model was shown the cut clip
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fps", "0"], "--fps must be > 0, got 0.0"), (["--start", "-1"], "--start must be >= 0 seconds, got -1.0"),
+    (["--start", "3", "--end", "2"], "--end (2.0) must be after --start (3.0)")])
+def test_cli_video_find_rejects_bad_times_before_loading(fake_load, capsys, argv, message):
+    from qwen25vl.cli import main
+
+    assert main(["video-find", "clip.mp4", "x", *argv]) == 2
+    assert message in capsys.readouterr().err and "path" not in fake_load
 
 
 def test_act_history_goes_back_to_the_model_frame():

@@ -50,28 +50,40 @@ def _image_turn(vlm, image, text: str, min_pixels, max_pixels):
     return {"role": "user", "content": content}, frame, pil
 
 
-def _chat(vlm, messages, sampling) -> str:
-    answer = vlm.chat(messages, **{**DEFAULT_SAMPLING, **sampling})
-    if not isinstance(answer, str):  # a streaming iterator
-        answer = "".join(answer)
-    return answer
+def _chat(vlm, messages, sampling, progress=None) -> str:
+    """The answer's text. With `progress` (a callable), the answer is streamed and each text delta is passed to it
+    as it arrives (a model whose chat() returns a whole string passes it once)."""
+    params = {**DEFAULT_SAMPLING, **sampling}
+    if progress is None:
+        answer = vlm.chat(messages, **params)
+        return answer if isinstance(answer, str) else "".join(answer)  # a streaming iterator
+    answer = vlm.chat(messages, stream=True, **params)
+    if isinstance(answer, str):
+        progress(answer)
+        return answer
+    pieces = []
+    for delta in answer:
+        pieces.append(delta)
+        progress(delta)
+    return "".join(pieces)
 
 
 def ground(vlm, image, query: str, *, mode: str = "detect", prompt: str | None = None, min_pixels: int | None = None,
-           max_pixels: int | None = None, **sampling) -> GroundingResult:
+           max_pixels: int | None = None, progress=None, **sampling) -> GroundingResult:
     """Find `query` in `image`; boxes and points come back in the original image's pixels (`result.frame_map` holds
-    the resized <-> original map)."""
+    the resized <-> original map). `progress`, on every wrapper: a callable given each text delta as the answer
+    streams in."""
     message, frame, _ = _image_turn(vlm, image, prompt or grounding_prompt(query, mode), min_pixels, max_pixels)
-    return parse_grounding(_chat(vlm, [message], sampling)).to_original(frame)
+    return parse_grounding(_chat(vlm, [message], sampling, progress)).to_original(frame)
 
 
-def parse_document(vlm, image, *, min_pixels: int | None = None, max_pixels: int | None = None,
+def parse_document(vlm, image, *, min_pixels: int | None = None, max_pixels: int | None = None, progress=None,
                    **sampling) -> Document:
     """Parse a page image into ordered layout blocks (boxes in the original image's pixels)."""
     message, frame, _ = _image_turn(vlm, image, DOCUMENT_PROMPT, min_pixels, max_pixels)
     messages = [{"role": "system", "content": DOCUMENT_SYSTEM_PROMPT}, message]
     sampling.setdefault("max_new_tokens", 4096)
-    return parse_qwenvl_html(_chat(vlm, messages, sampling)).to_original(frame)
+    return parse_qwenvl_html(_chat(vlm, messages, sampling, progress)).to_original(frame)
 
 
 @dataclass
@@ -89,7 +101,8 @@ class VideoAnswer:
 
 
 def find_in_video(vlm, video, event: str, *, fps: float = 2.0, start: float | None = None, end: float | None = None,
-                  max_pixels: int | None = None, total_pixels: int | None = None, **sampling) -> VideoAnswer:
+                  max_pixels: int | None = None, total_pixels: int | None = None, progress=None,
+                  **sampling) -> VideoAnswer:
     """When does `event` happen in `video`? Times are seconds from the video's start (a `start=` cut is added back,
     since the model counts from the first frame it saw)."""
     part: dict = {"type": "video", "video": video, "fps": float(fps)}
@@ -98,7 +111,7 @@ def find_in_video(vlm, video, event: str, *, fps: float = 2.0, start: float | No
         if value is not None:
             part[key] = value
     message = {"role": "user", "content": [part, {"type": "text", "text": video_grounding_prompt(event)}]}
-    raw = _chat(vlm, [message], sampling)
+    raw = _chat(vlm, [message], sampling, progress)
     return VideoAnswer(parse_event_spans(raw, offset=float(start or 0.0)), raw)
 
 
@@ -118,7 +131,7 @@ class AgentStep:
 
 def act(vlm, screenshot, instruction: str, *, kind: str = "computer", history: list | None = None,
         screen_size: tuple[int, int] | None = None, min_pixels: int | None = None, max_pixels: int | None = None,
-        **sampling) -> AgentStep:
+        progress=None, **sampling) -> AgentStep:
     """One agent step on `screenshot`: actions with coordinates on the real screen (`screen_size`, default the
     screenshot's own size). `history`: earlier steps (the `Action`s returned before, or tool-call dicts in the
     model's pixels); the user turn lists them as the cookbook does, then the screenshot."""
@@ -128,5 +141,5 @@ def act(vlm, screenshot, instruction: str, *, kind: str = "computer", history: l
     steps = [history_in_model_frame(h, screen) for h in history or ()]  # earlier steps in the model's own pixels
     message["content"] = [{"type": "text", "text": agent_user_prompt(instruction, steps)}, message["content"][0]]
     system = {"role": "system", "content": agent_system_prompt(tool, frame.resized_size)}
-    raw = _chat(vlm, [system, message], sampling)
+    raw = _chat(vlm, [system, message], sampling, progress)
     return AgentStep([a.to_screen(screen) for a in parse_actions(raw, tool=tool)], raw, screen)
