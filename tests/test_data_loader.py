@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from qwen25vl.data.encoding import Encoder
 from qwen25vl.data.loader import PackLoader
@@ -8,6 +9,15 @@ from qwen25vl.data.records import iter_records
 from qwen25vl.data.toy import toy_records, write_image
 from qwen25vl.errors import InputError
 from qwen25vl.testing.checkpoint import make_tiny_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # a tiny model's small ops run several times faster on one thread when the other core is busy (shared CI)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

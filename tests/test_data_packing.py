@@ -17,6 +17,15 @@ from qwen25vl.testing.checkpoint import init_random_weights, make_tiny_checkpoin
 from qwen25vl.train.forward import PackedLoss
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # a tiny model's small ops run several times faster on one thread when the other core is busy (shared CI)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")

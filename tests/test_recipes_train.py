@@ -14,8 +14,17 @@ from qwen25vl.recipes.run import train
 from qwen25vl.recipes.stages import PRETRAIN, SFT
 from qwen25vl.train.checkpoint import list_checkpoints
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # a tiny model's small ops run several times faster on one thread when the other core is busy (shared CI)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(steps=9, packs_per_step=2, budget=512, save_every=4, warmup=2, lr={"merger": 1e-3, "llm": 1e-3})
+SMALL = dict(steps=7, packs_per_step=2, budget=512, save_every=2, warmup=2, lr={"merger": 1e-3, "llm": 1e-3})
 
 
 @pytest.fixture(scope="module")
@@ -25,26 +34,26 @@ def data(tmp_path_factory):
 
 def _cli(out, data, *extra):
     cmd = [sys.executable, "-m", "qwen25vl", "train", "sft", "--preset", "tiny", "--data", str(data), "--out",
-           str(out), "--steps", "9", "--packs-per-step", "2", "--budget", "512", "--save-every", "4", "--warmup",
+           str(out), "--steps", "7", "--packs-per-step", "2", "--budget", "512", "--save-every", "2", "--warmup",
            "2", "--lr", "1e-3", "--lr-merger", "1e-3", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_kill_9_and_resume_continue_the_same_losses(tmp_path, data):
     whole = train(SFT.replace(**SMALL), data=[str(data)], out=str(tmp_path / "whole"), preset="tiny", quiet=True)
-    assert len(whole) == 9 and whole[0]["loss"] != whole[-1]["loss"]
-    killed = _cli(tmp_path / "run", data, "--die-after-step", "6")
+    assert len(whole) == 7 and whole[0]["loss"] != whole[-1]["loss"]
+    killed = _cli(tmp_path / "run", data, "--die-after-step", "3")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000004"]
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000002"]
     logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in logged] == [1, 2, 3, 4, 5, 6]
+    assert [e["step"] for e in logged] == [1, 2, 3]  # step 3 ran, its checkpoint never came
     resumed = train(SFT.replace(**SMALL), data=[str(data)], out=str(tmp_path / "run"), preset="tiny", quiet=True)
-    assert [e["step"] for e in resumed] == [5, 6, 7, 8, 9]
-    for a, b in zip(resumed, whole[4:]):
+    assert [e["step"] for e in resumed] == [3, 4, 5, 6, 7]
+    for a, b in zip(resumed, whole[2:]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["lr"] == pytest.approx(b["lr"], rel=1e-9)
-    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000008",
-                                                                                    "step-00000009"]
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000006",
+                                                                                    "step-00000007"]
 
 
 def test_stage1_export_loads_here_and_in_transformers(tmp_path, data):
