@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qwen25vl.errors import Qwen25VLError
 from qwen25vl.generation.sampling import SamplingParams
@@ -61,10 +62,69 @@ def _install_error_handlers(app: FastAPI) -> None:
         code = "limit_exceeded" if isinstance(err, LimitError) else None
         return _error(400, str(err), "invalid_request_error", None, code)
 
-    @app.exception_handler(Exception)
-    async def _bug(_req, err: Exception):
-        log.exception("unhandled error")
-        return _error(500, f"internal error: {type(err).__name__}", "server_error")
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req, err: StarletteHTTPException):  # unknown routes, wrong methods: OpenAI's shape, not "detail"
+        type_ = "invalid_request_error" if err.status_code < 500 else "server_error"
+        code = {404: "not_found", 405: "method_not_allowed", 413: "limit_exceeded"}.get(err.status_code)
+        return _error(err.status_code, str(err.detail), type_, None, code)
+
+
+class _Guard:
+    """Outermost ASGI layer of our own: bounds the request body, and turns a bug into a 500 without losing the
+    connection.
+
+    A handler registered for `Exception` runs in Starlette's ServerErrorMiddleware, which re-raises after sending the
+    500; uvicorn then closes the keep-alive connection under the client's next request. Here the error is answered and
+    the exception ends, so the connection stays usable. Bodies are counted as they arrive (Content-Length can lie or
+    be absent with chunked encoding): past `max_body_bytes` the request is answered 413 before the body is parsed.
+    """
+
+    def __init__(self, app, max_body_bytes: int):
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, received = False, 0
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            message = (f"the request body has {int(declared)} bytes, over the server limit "
+                       f"max_body_bytes={self.max_body_bytes}")
+            response = _error(413, message, "invalid_request_error", None, "limit_exceeded")
+            response.headers["connection"] = "close"  # the body is not read
+            return await response(scope, receive, send)
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise _BodyTooLarge(f"the request body has more than {self.max_body_bytes} bytes, over the "
+                                    f"server limit max_body_bytes={self.max_body_bytes}")
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge as err:
+            if not started:
+                await _error(413, err.detail, "invalid_request_error", None, "limit_exceeded")(scope, receive, send)
+        except Exception as err:
+            log.exception("unhandled error")
+            if started:  # mid-response: nothing can be said any more; the connection must go
+                raise
+            await _error(500, f"internal error: {type(err).__name__}", "server_error")(scope, receive, send)
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from `receive`: an HTTPException, so FastAPI's body reader passes it on as it is (a 413)."""
+
+    def __init__(self, message: str):
+        super().__init__(413, message)
 
 
 def sampling_params(req: S.ChatCompletionRequest, defaults: SamplingParams, settings: ServeSettings) -> SamplingParams:
@@ -112,6 +172,7 @@ def create_app(vlm, settings: ServeSettings = ServeSettings(), *, defaults: Opti
     app.state.scheduler = scheduler
     app.state.settings = settings
     _install_error_handlers(app)
+    app.add_middleware(_Guard, max_body_bytes=settings.max_body_bytes)
 
     def authorize(request: Request) -> None:
         if settings.api_key is None:
@@ -174,29 +235,40 @@ def create_app(vlm, settings: ServeSettings = ServeSettings(), *, defaults: Opti
     return app
 
 
+async def _watch_disconnect(http: Request, gen: GenRequest, scheduler: Scheduler) -> None:
+    """Wait for the client to leave (the body is read, so the next ASGI message is the disconnect), then cancel.
+
+    Independent of token flow: a request whose tokens stream without pause still sees its client leave at once, and
+    its rows leave the batch at the worker's next step.
+    """
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+    scheduler.cancel(gen)
+    gen.queue.put_nowait(Event("gone"))
+
+
 async def _relay(gen: GenRequest, http: Request, scheduler: Scheduler) -> AsyncIterator[Event]:
     """The scheduler's events for one request; a client that goes away cancels its rows."""
     finished = False
+    watcher = asyncio.create_task(_watch_disconnect(http, gen, scheduler))
     try:
         while True:
+            patience = gen.deadline + 10 - time.monotonic()  # past it, the worker lost the request (a bug)
             try:
-                event = gen.queue.get_nowait() if not gen.queue.empty() else (
-                    await asyncio.wait_for(gen.queue.get(), timeout=0.25))  # the wait also polls for a disconnect
+                event = await asyncio.wait_for(gen.queue.get(), timeout=max(patience, 0.01))
             except asyncio.TimeoutError:
-                if await http.is_disconnected():
-                    return
-                if time.monotonic() > gen.deadline + 10:  # the worker lost it (a bug): do not hang the client
-                    finished = True
-                    yield Event("error", text="no answer from the generation worker", reason="server_error",
-                                status=500)
-                    return
-                continue
+                finished = True
+                yield Event("error", text="no answer from the generation worker", reason="server_error", status=500)
+                return
+            if event.kind == "gone":
+                return
             if event.kind in ("end", "error"):
                 finished = True
             yield event
             if finished:
                 return
     finally:
+        watcher.cancel()
         if not finished:
             scheduler.cancel(gen)
 

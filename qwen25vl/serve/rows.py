@@ -22,7 +22,7 @@ _ids = itertools.count()
 class Event:
     """One message from the worker to a request's handler."""
 
-    kind: str  # "delta" | "finish" | "error" | "end"
+    kind: str  # "delta" | "finish" | "error" | "end"; "gone" (the client left: from the handler, not the worker)
     index: int = 0  # choice index (delta, finish)
     text: str = ""  # delta text, or the error message
     reason: Optional[str] = None  # finish reason ("stop", "length"), or the error type

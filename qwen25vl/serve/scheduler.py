@@ -17,7 +17,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -64,6 +64,9 @@ class Scheduler:
         self._thread: Optional[threading.Thread] = None
         self.steps = 0  # decode steps run (for tests and the benchmark)
         self.max_rows_seen = 0
+        self.rows_cancelled = 0  # rows dropped because their client went away
+        self.before_step: Optional[Callable[[], None]] = None  # called before each decode step (tests, tracing)
+        self._changed = threading.Condition()  # notified after every worker iteration (observers, not the worker)
 
     # ---- called from the HTTP side ------------------------------------------------------------------------------
 
@@ -94,6 +97,14 @@ class Scheduler:
         with self._cond:
             self._cond.notify()
 
+    def wait_until(self, predicate: Callable[["Scheduler"], bool], timeout: float) -> bool:
+        """Block until `predicate(self)` holds after a worker iteration (or now); False when `timeout` passes first.
+
+        For tests and tools that must observe the worker without polling it on a clock.
+        """
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self), timeout=timeout)
+
     @property
     def running_rows(self) -> int:
         return len(self._rows)
@@ -120,6 +131,8 @@ class Scheduler:
                     self._drop_gone()
                     self._admit()
                     if self._rows:
+                        if self.before_step is not None:
+                            self.before_step()
                         self._decode_step()
                 except Exception as err:  # a bug must not kill the server: fail the running requests, go on
                     log.exception("scheduler step failed")
@@ -127,8 +140,12 @@ class Scheduler:
                     self._rows, self._cache = [], None
                     for request in failed:
                         request.fail(500, "server_error", f"generation failed: {type(err).__name__}: {err}")
+                with self._changed:
+                    self._changed.notify_all()
         for request in list(self._waiting) + [r.request for r in self._rows]:
             request.fail(503, "server_shutdown", "the server is shutting down")
+        with self._changed:
+            self._changed.notify_all()
 
     def _drop_gone(self) -> None:
         now = time.monotonic()
@@ -143,7 +160,10 @@ class Scheduler:
         for request in timed_out.values():
             request.fail(504, "timeout", f"request ran past the limit request_timeout={request.timeout}s")
             request.cancelled.set()
-        self._keep([i for i, r in enumerate(self._rows) if not r.request.cancelled.is_set()])
+        keep = [i for i, r in enumerate(self._rows) if not r.request.cancelled.is_set()]
+        self.rows_cancelled += sum(1 for r in self._rows
+                                   if r.request.cancelled.is_set() and id(r.request) not in timed_out)
+        self._keep(keep)
 
     def _keep(self, keep: list[int]) -> None:
         if len(keep) == len(self._rows):

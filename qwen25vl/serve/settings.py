@@ -32,6 +32,7 @@ class ServeSettings:
     allow_private_urls: bool = False
     local_roots: tuple[Path, ...] = ()
     max_fetch_bytes: int = 32 * 1024 * 1024
+    max_body_bytes: int = 64 * 1024 * 1024  # a request body (data URLs included); more is answered 413 unread
     fetch_timeout: float = 10.0
     max_batch: int = 32  # rows (sequences) decoded together
     max_queue: int = 256  # requests waiting for a slot; more are answered 429
