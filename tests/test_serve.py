@@ -288,10 +288,21 @@ def test_32_concurrent_clients_all_answered_and_batched(server, client):
 
     before = server.scheduler.max_rows_seen
     server.scheduler.max_rows_seen = 0
-    results = asyncio.run(main())
+    first_step = []
+
+    def wait_for_all_32():  # the worker's first step waits for the rest to queue: they join the same batch
+        if not first_step:
+            first_step.append(server.scheduler.wait_queued(31, timeout=30))
+
+    server.scheduler.before_step = wait_for_all_32
+    try:
+        results = asyncio.run(main())
+    finally:
+        server.scheduler.before_step = None
+    assert first_step == [True]
     assert len(results) == 32
     assert all(text == want[p] for p, text in results)  # batched decoding answers as one-by-one does
-    assert server.scheduler.max_rows_seen > 1  # requests really shared decode steps
+    assert server.scheduler.max_rows_seen == 32  # requests really shared decode steps
     server.scheduler.max_rows_seen = max(before, server.scheduler.max_rows_seen)
 
 
@@ -431,7 +442,9 @@ def test_body_cap_unknown_routes_and_methods_answer_in_openai_shape(vlm):
 def test_full_queue_is_429_and_timeouts_are_504(vlm):
     settings = ServeSettings(model_name=NAME, max_batch=1, max_queue=1, request_timeout=1.0, limits=LIMITS,
                              allow_private_urls=True)
-    with BackgroundServer(create_app(vlm, settings)) as srv, _image_host(_png(3)) as image_url:
+    app = create_app(vlm, settings)
+    with BackgroundServer(app) as srv, _image_host(_png(3)) as image_url, _throttled(app.state.scheduler):
+        # 2,000 throttled tokens take >= 10 s on any machine: past request_timeout=1.0 whatever the load
         # (this server may fetch from loopback: an http image URL works like the same image as a data URL)
         sync = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=30)
         by_url = _ask(sync, _user({"type": "image_url", "image_url": {"url": image_url}}), max_tokens=4)

@@ -31,8 +31,8 @@ def _conversation(i):
     return [{"role": "user", "content": [{"type": "image", "image": _image(i)}, {"type": "text", "text": f"Q{i}"}]}]
 
 
-def _run(scheduler, requests, cancel_after=None, stop=True):
-    """Submit all requests, start the worker, collect each request's text / finish reasons / errors."""
+def _run(scheduler, requests, stop=True, watched=None):
+    """Submit all requests, start the worker, collect each watched request's text / finish reasons / errors."""
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -41,20 +41,16 @@ def _run(scheduler, requests, cancel_after=None, stop=True):
             scheduler.submit(r)
         if not scheduler.alive:
             scheduler.start()
-        return await asyncio.gather(*(collect(r) for r in requests))
+        return await asyncio.gather(*(collect(r) for r in (requests if watched is None else watched)))
 
     async def collect(r):
-        texts, reasons, deltas = {}, {}, 0
+        texts, reasons = {}, {}
         while True:
             event = await asyncio.wait_for(r.queue.get(), timeout=30)
             if event.kind == "error":
                 return {"error": (event.status, event.text)}
             if event.kind == "delta":
                 texts[event.index] = texts.get(event.index, "") + event.text
-                deltas += 1
-                if cancel_after is not None and r.id == cancel_after[0] and deltas == cancel_after[1]:
-                    scheduler.cancel(r)
-                    return {"cancelled": True}
             elif event.kind == "finish":
                 reasons[event.index] = event.reason
             elif event.kind == "end":
@@ -134,12 +130,16 @@ def test_cancelled_rows_leave_the_batch_and_others_are_unaffected(vlm):
     short = GenRequest(inputs=dict(vlm.processor(conversation)),
                        params=vlm.defaults.updated(temperature=0, max_new_tokens=30))
     scheduler = Scheduler(vlm.model, vlm.tokenizer)
-    start = time.monotonic()
-    results = _run(scheduler, [long, short], cancel_after=(long.id, 3))
-    assert results[0] == {"cancelled": True}
-    assert results[1]["texts"][0] == vlm.chat(conversation, temperature=0, max_new_tokens=30)
-    assert long.completion_tokens < 100  # it stopped costing work long before its 400 tokens
-    assert time.monotonic() - start < 20
+
+    def cancel_long_at_its_third_token():  # runs in the worker, before a decode step: no race with the clock
+        if long.completion_tokens >= 3 and not long.cancelled.is_set():
+            scheduler.cancel(long)
+
+    scheduler.before_step = cancel_long_at_its_third_token
+    results = _run(scheduler, [long, short], watched=[short])
+    assert results[0]["texts"][0] == vlm.chat(conversation, temperature=0, max_new_tokens=30)
+    # cancelled before its 4th step: that step still runs, the next iteration drops the row
+    assert long.completion_tokens == 4 and scheduler.rows_cancelled == 1
 
 
 def test_queue_bound(vlm):
@@ -170,6 +170,13 @@ def test_a_new_request_joins_the_running_batch(vlm):
     scheduler = Scheduler(vlm.model, vlm.tokenizer)
     order = []
 
+    def arrive_while_long_decodes():  # in the worker, between decode steps: the same on any machine
+        if long.completion_tokens == 5 and not order:
+            order.append("long started")
+            scheduler.submit(short)
+
+    scheduler.before_step = arrive_while_long_decodes
+
     async def main():
         loop = asyncio.get_running_loop()
         for r in (long, short):
@@ -183,9 +190,6 @@ def test_a_new_request_joins_the_running_batch(vlm):
                 event = await asyncio.wait_for(r.queue.get(), timeout=30)
                 if event.kind == "delta":
                     texts[r.id] += event.text
-                    if r is long and len(texts[long.id]) and short.queue is not None and not order:
-                        order.append("long started")
-                        scheduler.submit(short)
                 if event.kind == "end":
                     order.append(r.id)
                     return

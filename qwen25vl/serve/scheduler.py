@@ -89,7 +89,7 @@ class Scheduler:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"the server's queue is full (max_queue={self.max_queue}); retry later")
             self._waiting.append(request)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def cancel(self, request: GenRequest) -> None:
         """The client went away: its rows leave the batch at the next step."""
@@ -104,6 +104,11 @@ class Scheduler:
         """
         with self._changed:
             return self._changed.wait_for(lambda: predicate(self), timeout=timeout)
+
+    def wait_queued(self, count: int, timeout: float) -> bool:
+        """Block until `count` requests wait for admission (a `before_step` hook may call it: the worker pauses)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._waiting) >= count or self._stop, timeout=timeout)
 
     @property
     def running_rows(self) -> int:
