@@ -191,3 +191,165 @@ def test_boxes_written_as_strings_or_corner_pairs(box):
 def test_unusable_points_are_skipped_not_guessed(bad):
     r = parse_grounding(f'[{{"point_2d": {bad}, "label": "dot"}}, {{"point_2d": [1, 2], "label": "ok"}}]')
     assert r.points == [(1, 2)] and r.skipped == 1
+
+
+# ---- edges a one-line slip would change (mutation-proofing) -------------------------------------------------------
+
+@pytest.mark.parametrize("mode, prompt", [
+    ("detect", "Outline the position of each red car and output all the coordinates in JSON format."),
+    ("refer", "Locate the red car, output its bbox coordinates using JSON format."),
+    ("point", "Point to the red car, output its point coordinates in JSON format."),
+    ("count", "Count the number of red car in the image. Outline the position of each red car and output all the "
+              "coordinates in JSON format, then state the total number."),
+])
+def test_every_prompt_word_for_word(mode, prompt):
+    assert grounding_prompt("  red car \n", mode) == prompt
+    assert grounding_prompt("red car") == grounding_prompt("red car", "detect")
+
+
+def test_bad_mode_message_lists_the_modes():
+    with pytest.raises(InputError, match=r"^grounding mode must be one of detect, refer, point, count, got 'x'$"):
+        grounding_prompt("cake", "x")
+    with pytest.raises(InputError, match="^grounding query is empty$"):
+        grounding_prompt("\t")
+
+
+@pytest.mark.parametrize("key", ["bbox_2d", "bbox", "box_2d", "box"])
+def test_every_box_key(key):
+    r = parse_grounding(f'[{{"{key}": [1, 2, 3, 4], "label": "a"}}]')
+    assert r.boxes == [(1, 2, 3, 4)] and r.items[0].extra == {}
+
+
+@pytest.mark.parametrize("key", ["point_2d", "point"])
+def test_every_point_key(key):
+    r = parse_grounding(f'[{{"{key}": [5, 6], "label": "a"}}]')
+    assert r.points == [(5, 6)] and r.items[0].extra == {}
+
+
+@pytest.mark.parametrize("key", ["label", "name", "text", "description"])
+def test_every_label_key(key):
+    (g,) = parse_grounding(f'[{{"bbox_2d": [1, 2, 3, 4], "{key}": "cat", "color": "red"}}]').items
+    assert g.label == "cat" and g.extra == {"color": "red"}
+
+
+def test_label_key_priority_numbers_and_non_scalar_labels():
+    (g,) = parse_grounding('[{"bbox_2d": [1, 2, 3, 4], "description": "d", "label": "l", "name": "n"}]').items
+    assert g.label == "l" and g.extra == {"description": "d", "name": "n"}  # "label" wins; the others are extra
+    (g,) = parse_grounding('[{"bbox_2d": [1, 2, 3, 4], "label": 7}]').items
+    assert g.label == "7"
+    (g,) = parse_grounding('[{"bbox_2d": [1, 2, 3, 4], "label": ["x"], "name": "n"}]').items
+    assert g.label == "n" and g.extra == {"label": ["x"]}  # a list is no label: the next key is
+    (g,) = parse_grounding('[{"bbox_2d": [1, 2, 3, 4]}]').items
+    assert g.label is None and g.extra == {}
+
+
+def test_box_and_point_in_one_object_and_corner_order_per_axis():
+    (g,) = parse_grounding('[{"bbox_2d": [1, 2, 3, 4], "point_2d": [2, 3], "label": "a"}]').items
+    assert g.bbox == (1, 2, 3, 4) and g.point == (2, 3)
+    assert parse_grounding('[{"bbox_2d": [30, 2, 10, 40]}]').boxes == [(10, 2, 30, 40)]  # only x swapped
+    assert parse_grounding('[{"bbox_2d": [1, 40, 30, 2]}]').boxes == [(1, 2, 30, 40)]  # only y swapped
+    assert parse_grounding('[{"point_2d": [9, 1]}]').points == [(9, 1)]  # a point is never reordered
+
+
+def test_items_keep_the_answers_order_through_nesting():
+    text = '[[{"point_2d": [1, 1], "label": "a"}, {"point_2d": [2, 2], "label": "b"}], {"objects": [' \
+           '{"point_2d": [3, 3], "label": "c"}]}, {"point_2d": [4, 4], "label": "d"}]'
+    assert [g.label for g in parse_grounding(text).items] == ["a", "b", "c", "d"]
+    one_key = parse_grounding('{"bbox_2d": [1, 2, 3, 4]}')  # a lone object whose one key is a box is an item
+    assert one_key.boxes == [(1, 2, 3, 4)]
+    two_keys = parse_grounding('{"a": [{"point_2d": [1, 1]}], "b": [{"point_2d": [2, 2]}]}')
+    assert two_keys.items == [] and two_keys.skipped == 1  # not a one-key wrapper: one unusable object
+
+
+def test_to_dict_rounds_to_two_decimals_and_puts_extra_keys_first():
+    g = Grounding(label="a", bbox=(1.23456, 2.0, 3.005, 4.9999), point=(0.125, 7.777), extra={"score": 0.9})
+    d = g.to_dict()
+    assert d == {"score": 0.9, "bbox_2d": [1.23, 2.0, 3.0, 5.0], "point_2d": [0.12, 7.78], "label": "a"}
+    assert list(d) == ["score", "bbox_2d", "point_2d", "label"]
+    assert Grounding().to_dict() == {} and Grounding(label="").to_dict() == {"label": ""}
+
+
+def test_result_properties_summary_and_json():
+    r = parse_grounding('[{"bbox_2d": [1, 2, 3, 4], "label": "dog"}, {"point_2d": [5, 6]}, '
+                        '{"bbox_2d": [7, 8, 9, 10], "label": "cat"}, {"nope": 1}]')
+    assert r.boxes == [(1, 2, 3, 4), (7, 8, 9, 10)] and r.points == [(5, 6)] and r.count == 3
+    assert r.summary() == "3 found: ?, cat, dog"
+    assert r.to_json() == {"frame": "resized", "count": 3, "truncated": False, "skipped": 1, "stated_count": None,
+                           "items": [{"bbox_2d": [1, 2, 3, 4], "label": "dog"}, {"point_2d": [5, 6]},
+                                     {"bbox_2d": [7, 8, 9, 10], "label": "cat"}]}
+    cut = parse_grounding('[{"bbox_2d": [1, 2, 3, 4], "label": "dog"}, {"bbox_2d": [5, ')
+    assert cut.summary() == "1 found: dog (answer truncated: later entries lost)"
+    assert parse_grounding('[{"bbox_2d": [5, ').summary() == "no boxes parsed (the answer was cut off)"
+    assert parse_grounding("none").summary() == "no boxes parsed (the answer holds no bbox_2d / point_2d entries)"
+
+
+def test_to_original_maps_boxes_and_points_by_axis_and_keeps_the_rest():
+    frame = Frame((300, 800), (100, 200))  # x * 3, y * 4
+    r = parse_grounding('[{"bbox_2d": [1, 2, 5, 7], "point_2d": [10, 20], "label": "a", "k": 1}, '
+                        '{"point_2d": [1, 1]}, {"bbox_2d": [0, 0, 1, 1]}]Total: 3')
+    orig = r.to_original(frame)
+    assert orig.items[0] == Grounding(label="a", bbox=(3, 8, 15, 28), point=(30, 80), extra={"k": 1})
+    assert orig.items[1].bbox is None and orig.items[1].point == (3, 4)
+    assert orig.items[2].point is None and orig.items[2].bbox == (0, 0, 3, 4)
+    assert (orig.raw, orig.stated_count, orig.skipped, orig.frame_map) == (r.raw, 3, 0, frame)
+    assert r.frame == "resized" and r.items[0].bbox == (1, 2, 5, 7)  # the parsed result is left as it was
+
+
+def test_to_resized_rounds_and_clamps_points_per_axis():
+    frame = Frame((300, 800), (100, 200))
+    items = [Grounding(point=(1.6 * 3, 2.4 * 4)), Grounding(point=(-9, -9)), Grounding(point=(400, 900)),
+             Grounding(point=(297, 796)), Grounding(bbox=(3, 8, 15, 28), label="b")]
+    out = to_resized(items, frame)
+    assert [g.point for g in out[:4]] == [(2, 2), (0, 0), (99, 199), (99, 199)]
+    assert out[4] == Grounding(label="b", bbox=(1, 2, 5, 7)) and all(type(v) is int for v in out[4].bbox)
+    exact = to_resized(items, frame, integer=False)
+    assert exact[0].point == pytest.approx((1.6, 2.4)) and exact[2].point == pytest.approx((400 / 3, 225))
+    assert exact[4].bbox == pytest.approx((1, 2, 5, 7)) and to_resized([Grounding(label="x")], frame)[0].point is None
+
+
+def test_format_grounding_is_the_training_format():
+    items = [Grounding(label="猫", bbox=(1, 2, 3, 4)), {"point_2d": [5, 6]}]
+    body = "\n".join(['[', '    {', '        "bbox_2d": [', *(f'            {v},' for v in (1, 2, 3)), '            4',
+                      '        ],', '        "label": "猫"', '    },', '    {', '        "point_2d": [', '            5,',
+                      '            6', '        ]', '    }', ']'])  # indent=4, unicode kept
+    assert format_grounding(items, fence=False) == body
+    assert format_grounding(items) == f"```json\n{body}\n```"
+
+
+def test_plain_text_boxes_edges():
+    r = parse_grounding("  -1.5 , 2,3.25,4   a big dog  \r\n5,6,7,8\nnot, a, box, 1 x")
+    assert [(g.label, g.bbox) for g in r.items] == [("a big dog", (-1.5, 2, 3.25, 4)), (None, (5, 6, 7, 8))]
+    assert parse_grounding("1,2,3 three numbers").items == []
+    assert parse_grounding('[{"bbox_2d": [1, 2, 3, 4]}]\n5,6,7,8 extra').boxes == [(1, 2, 3, 4)]  # JSON wins
+
+
+def test_xml_points_edges():
+    single = parse_grounding('<points x="10.5" y="20" alt="cup">a cup</points>')
+    assert [(g.label, g.point) for g in single.items] == [("cup", (10.5, 20))]
+    inner = parse_grounding('<points x1="1" y1="2" x2="3" y2="4">two dots</points>')
+    assert [(g.label, g.point) for g in inner.items] == [("two dots", (1, 2)), ("two dots", (3, 4))]
+    gap = parse_grounding('<points x1="1" y1="2" x3="5" y3="6" alt="a"></points>')
+    assert gap.points == [(1, 2)]  # the numbering stops at the first missing x
+    bad = parse_grounding('<points x1="1" y1="oops" x2="3" y2="4" alt="a">')
+    assert bad.points == [(3, 4)]  # an unreadable pair is skipped, the cut-off tag still read
+    nolabel = parse_grounding('<points x1="1" y1="2"></points>')
+    assert nolabel.items[0].label is None
+    many = "".join(f' x{i}="{i}" y{i}="{i}"' for i in range(1, 100))
+    assert len(parse_grounding(f"<points{many}>p</points>").points) == 99
+    both = parse_grounding('<points x1="1" y1="2">a</points> <points x1="3" y1="4">b</points>')
+    assert [g.label for g in both.items] == ["a", "b"]
+
+
+@pytest.mark.parametrize("text, count", [
+    ("[{\"bbox_2d\": [1, 2, 3, 4]}] There are 12 apples.", 12),
+    ("[{\"bbox_2d\": [1, 2, 3, 4]}] I count five, no, seven.", 7),  # the last number stated
+    ("[{\"bbox_2d\": [1, 2, 3, 4]}] zero", 0),
+    ("[{\"bbox_2d\": [1, 2, 3, 4]}] There are Twelve.", 12),
+    ("[{\"bbox_2d\": [1, 2, 3, 4]}] there is one", 1),
+    ("[{\"bbox_2d\": [1, 2, 3, 4]}] Nothing else.", None),
+    ("[{\"bbox_2d\": [1, 2, 3, 4]}] someone", None),  # a number word inside a word is not a number
+    ('[{"point_2d": [1, 2]}] <points x1="3" y1="4">9 dots</points> total 2', 2),  # XML text is not prose
+    ("There are 3 apples.", None),  # no JSON values: no count is read from prose alone
+])
+def test_stated_count(text, count):
+    assert parse_grounding(text).stated_count == count

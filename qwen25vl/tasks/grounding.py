@@ -21,8 +21,10 @@ MODES = ("detect", "refer", "point", "count")
 _BOX_KEYS = ("bbox_2d", "bbox", "box_2d", "box")
 _POINT_KEYS = ("point_2d", "point")
 _LABEL_KEYS = ("label", "name", "text", "description")
-_PLAIN_BOX = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*"
-                        r"(-?\d+(?:\.\d+)?)\s*(.*?)\s*$", re.MULTILINE)
+_NUM = r"(-?\d+(?:\.\d+)?)"
+_SP = r"[^\S\n]*"  # spaces within a line: a box line's label must not run into the next line
+_PLAIN_BOX = re.compile(rf"^{_SP}{_NUM}{_SP},{_SP}{_NUM}{_SP},{_SP}{_NUM}{_SP},{_SP}{_NUM}{_SP}(.*?){_SP}$",
+                        re.MULTILINE)
 _XML_POINTS = re.compile(r"<points\b([^>]*)>(.*?)(?:</points>|$)", re.DOTALL)
 _XML_ATTR = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*"([^"]*)"')
 _NUMBER_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve"
@@ -116,7 +118,7 @@ class GroundingResult:
                 "stated_count": self.stated_count, "items": [g.to_dict() for g in self.items]}
 
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_NUMBER = re.compile(_NUM)
 
 
 def _flat_numbers(value, depth: int = 0) -> list | None:
