@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench mutate clean
+.PHONY: install test bench mutate fuzz clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ bench: $(STAMP)
 # surviving mutants go to TESTING.md. `make mutate MODULES="positions sampling"` runs some modules only.
 mutate: $(STAMP)
 	$(PY) tools/mutate.py $(MODULES)
+
+# 10,000 malformed inputs through the processor, then 1,000 through the server; tables land in RELIABILITY.md.
+fuzz: $(STAMP)
+	$(PY) -m qwen25vl.testing.fuzz_run --count 10000 --workers 2 --out RELIABILITY.md
+	$(PY) -m qwen25vl.testing.fuzz_run --count 1000 --workers 2 --server --out RELIABILITY.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -16,6 +16,7 @@ import torch
 
 from qwen25vl.errors import InputError
 from qwen25vl.processing.chat_template import media_parts, render
+from qwen25vl.processing.media import DEFAULT_MAX_FRAME_PIXELS, DEFAULT_MAX_IMAGE_PIXELS
 from qwen25vl.processing.tokenizer import Tokenizer, check_text
 
 _IMAGE_OPTIONS = ("min_pixels", "max_pixels", "min_tokens", "max_tokens")
@@ -74,17 +75,21 @@ class BatchFeature(dict):
 class Processor:
     """`Processor.from_pretrained(folder)(messages)` -> BatchFeature; `decode` / `batch_decode` pass through."""
 
-    def __init__(self, tokenizer: Tokenizer, image_config=None):
+    def __init__(self, tokenizer: Tokenizer, image_config=None, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS):
+        """`max_image_pixels` / `max_frame_pixels`: the largest image / video frame decoded, checked from headers
+        before decoding (they bound the memory one item costs; see processing.media)."""
         from qwen25vl.processing.image import ImageProcessorConfig
 
         self.tokenizer = tokenizer
         self.image_config = image_config or ImageProcessorConfig()
+        self.max_image_pixels, self.max_frame_pixels = max_image_pixels, max_frame_pixels
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "Processor":
+    def from_pretrained(cls, folder: str | Path, **limits) -> "Processor":
         from qwen25vl.processing.image import ImageProcessorConfig
 
-        return cls(Tokenizer.from_pretrained(folder), ImageProcessorConfig.from_pretrained(folder))
+        return cls(Tokenizer.from_pretrained(folder), ImageProcessorConfig.from_pretrained(folder), **limits)
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -131,14 +136,16 @@ class Processor:
         call_limits = {"min_pixels": min_pixels, "max_pixels": max_pixels}
         images = []
         if image_sources:
-            images = process_images(image_sources, **call_limits, options=image_options, config=self.image_config)
+            images = process_images(image_sources, **call_limits, options=image_options, config=self.image_config,
+                                    max_image_pixels=self.max_image_pixels)
         videos = []
         call_video = _checked_options(video_options or {}, _VIDEO_OPTIONS + ("progress",), _VIDEO_ALIASES,
                                       "video_options")
         for c, v, part in video_parts:
             base = {k: v for k, v in {**call_limits, **call_video}.items() if v is not None}
             opts = {**base, **_options(part, "video", f"conversation {c} video {v}")}
-            videos.append(process_video(_source(part, "video", c), config=self.image_config, **opts))
+            videos.append(process_video(_source(part, "video", c), config=self.image_config,
+                                        max_frame_pixels=self.max_frame_pixels, **opts))
 
         rows, masks, texts = [], [], []
         image_i = video_i = 0
