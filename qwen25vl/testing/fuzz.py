@@ -234,11 +234,14 @@ def _as_file_or_bytes(case: Case, raw: bytes, ext: str, rng: Rng, workdir: Path)
     return case
 
 
-def _image_mutation(name: str) -> Family:
+def _mutation(kind: str, name: str) -> Family:
+    """A valid image or video template of a random format, mutated by `_MUTATIONS[name]`."""
+    formats, template = (IMAGE_FORMATS, image_template) if kind == "image" else (VIDEO_FORMATS, video_template)
+
     def family(rng: Rng, workdir: Path, index: int) -> Case:
-        fmt = IMAGE_FORMATS[int(rng.integers(len(IMAGE_FORMATS)))]
-        raw = _MUTATIONS[name](image_template(fmt), rng)
-        return _as_file_or_bytes(Case(index, f"image/{name}/{fmt}", "image", None), raw, _EXT[fmt], rng, workdir)
+        fmt = formats[int(rng.integers(len(formats)))]
+        raw = _MUTATIONS[name](template(fmt), rng)
+        return _as_file_or_bytes(Case(index, f"{kind}/{name}/{fmt}", kind, None), raw, _EXT[fmt], rng, workdir)
     return family
 
 
@@ -363,14 +366,6 @@ def _write(path: Path, raw: bytes) -> Path:
     return path
 
 
-def _video_mutation(name: str) -> Family:
-    def family(rng: Rng, workdir: Path, index: int) -> Case:
-        fmt = VIDEO_FORMATS[int(rng.integers(len(VIDEO_FORMATS)))]
-        raw = _MUTATIONS[name](video_template(fmt), rng)
-        return _as_file_or_bytes(Case(index, f"video/{name}/{fmt}", "video", None), raw, _EXT[fmt], rng, workdir)
-    return family
-
-
 def _video_special(rng: Rng, workdir: Path, index: int) -> Case:
     makers = {
         "zero-byte": lambda: b"", "audio-only": audio_only_video,
@@ -431,13 +426,13 @@ def _text(rng: Rng, workdir: Path, index: int) -> Case:
 
 FAMILIES: tuple[tuple[str, Family], ...] = (
     ("image/zero-byte", lambda rng, d, i: _as_file_or_bytes(Case(i, "image/zero-byte", "image", None), b"", ".png", rng, d)),
-    *((f"image/{m}", _image_mutation(m)) for m in _MUTATIONS),
-    *((f"image/{m}", _image_mutation(m)) for m in _MUTATIONS),  # the commonest real failures: twice the weight
+    *((f"image/{m}", _mutation("image", m)) for m in _MUTATIONS),
+    *((f"image/{m}", _mutation("image", m)) for m in _MUTATIONS),  # the commonest real failures: twice the weight
     ("image/bomb", _image_bomb), ("image/aspect-ratio", _image_aspect), ("image/mode", _image_mode),
     ("image/mode", _image_mode), ("image/animated", _image_animated), ("image/wrong-extension", _image_wrong_extension),
     ("image/exif", _image_exif), ("image/array", _image_array), ("path", _odd_path),
     ("image/at-cap", image_at_cap(4096)),
-    *((f"video/{m}", _video_mutation(m)) for m in _MUTATIONS),
+    *((f"video/{m}", _mutation("video", m)) for m in _MUTATIONS),
     ("video/special", _video_special), ("video/options", _video_options), ("frames", _frame_list), ("text", _text),
 )
 
