@@ -4,9 +4,6 @@ the project's own error types (or processed), none over 10 s, peak RSS within th
 `make fuzz` runs the same generator over 10,000 inputs and writes RELIABILITY.md.
 """
 
-import numpy as np
-import pytest
-
 from qwen25vl.testing.fuzz import FAMILIES, make_case, png_bomb, webp_bomb
 from qwen25vl.testing.fuzz_run import (
     FUZZ_MAX_FRAME_PIXELS,

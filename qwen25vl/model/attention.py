@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from qwen25vl.errors import InputError
-from qwen25vl.varlen import SegmentGroup, VarlenPlan  # noqa: F401 (re-exported: the model's modules import it here)
+from qwen25vl.varlen import VarlenPlan  # noqa: F401 (re-exported: the model's modules import it from here)
 
 try:  # torch >= 2.10 ships a flash varlen kernel of its own; older builds fall back to grouped SDPA
     from torch.nn.attention.varlen import varlen_attn as _varlen_attn

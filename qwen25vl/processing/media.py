@@ -174,8 +174,8 @@ def check_path_text(path: str | os.PathLike, *, what: str = "item") -> Path:
 
 
 def _file_kind(mode: int) -> str:
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
     return next((label for test, label in kinds if test(mode)), "not a file")
 
 
@@ -308,7 +308,9 @@ def check_image_size(size: tuple[int, int], name: str, max_image_pixels: int) ->
         raise InputError(f"image {name}: {width}x{height} = {width * height} pixels is over the cap {max_image_pixels}")
     ratio = max(width, height) / min(width, height)
     if ratio > MAX_ASPECT_RATIO:
-        raise InputError(f"image {name}: {width}x{height}: aspect ratio {ratio:.1f} is over the limit {MAX_ASPECT_RATIO}")
+        raise InputError(
+            f"image {name}: {width}x{height}: aspect ratio {ratio:.1f} is over the limit {MAX_ASPECT_RATIO}"
+        )
 
 
 # What PIL's decoders raise on corrupt or hostile files, beside OSError (struct.error is an Exception, not OSError)

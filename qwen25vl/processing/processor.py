@@ -230,7 +230,8 @@ def _check_texts(conversation: list, c: int) -> None:
         for p, part in enumerate(parts):
             text = part if isinstance(part, str) else part.get("text") if isinstance(part, dict) else None
             if isinstance(text, str):
-                check_text(text, f"conversation {c} messages[{m}].content" + ("" if isinstance(content, str) else f"[{p}]"))
+                where = f"conversation {c} messages[{m}].content" + ("" if isinstance(content, str) else f"[{p}]")
+                check_text(text, where)
 
 
 def _source(part, kind: str, conversation: int):

@@ -99,13 +99,14 @@ class MediaFetcher:
                              "(start it with --local-root DIR)")
         given = _as_fetch_error(check_path_text, raw, what=what)
         try:
-            candidates = [given.resolve()] if given.is_absolute() else [(root / given).resolve() for root in self._roots]
+            bases = [given] if given.is_absolute() else [root / given for root in self._roots]
+            candidates = [base.resolve() for base in bases]
         except (OSError, RuntimeError) as err:  # a symlink loop
             raise FetchError(f"{what}: local path {raw!r:.200} cannot be resolved ({err})") from None
         for path in candidates:
             if any(path == root or root in path.parents for root in self._roots):
-                return _as_fetch_error(check_local_file, path, what=f"{what}: local file", max_bytes=self.policy.max_bytes,
-                                       limit_name="max_fetch_bytes")
+                return _as_fetch_error(check_local_file, path, what=f"{what}: local file",
+                                       max_bytes=self.policy.max_bytes, limit_name="max_fetch_bytes")
         raise FetchError(f"{what}: local path {raw!r:.200} is outside the allowed roots "
                          f"{[str(r) for r in self._roots]}")
 

@@ -86,7 +86,8 @@ def mode_templates() -> tuple[tuple[str, bytes], ...]:
         ("CMYK/TIFF", rgb.convert("CMYK"), "TIFF"), ("I;16/PNG", Image.fromarray(a16), "PNG"),
         ("I/TIFF", Image.fromarray(a16.astype(np.int32)), "TIFF"),
         ("F/TIFF", Image.fromarray(a16.astype(np.float32) / 65535), "TIFF"), ("LAB/TIFF", rgb.convert("LAB"), "TIFF"),
-        ("YCbCr/TIFF", rgb.convert("YCbCr"), "TIFF"), ("RGBA/TIFF", rgba, "TIFF"), ("LA/WEBP", rgba.convert("LA"), "WEBP"),
+        ("YCbCr/TIFF", rgb.convert("YCbCr"), "TIFF"), ("RGBA/TIFF", rgba, "TIFF"),
+        ("LA/WEBP", rgba.convert("LA"), "WEBP"),
     ]
     return tuple((name, _encode_image(image, fmt)) for name, image, fmt in items)
 
@@ -425,7 +426,8 @@ def _text(rng: Rng, workdir: Path, index: int) -> Case:
 
 
 FAMILIES: tuple[tuple[str, Family], ...] = (
-    ("image/zero-byte", lambda rng, d, i: _as_file_or_bytes(Case(i, "image/zero-byte", "image", None), b"", ".png", rng, d)),
+    ("image/zero-byte", lambda rng, d, i: _as_file_or_bytes(Case(i, "image/zero-byte", "image", None), b"", ".png",
+                                                            rng, d)),
     *((f"image/{m}", _mutation("image", m)) for m in _MUTATIONS),
     *((f"image/{m}", _mutation("image", m)) for m in _MUTATIONS),  # the commonest real failures: twice the weight
     ("image/bomb", _image_bomb), ("image/aspect-ratio", _image_aspect), ("image/mode", _image_mode),

@@ -302,8 +302,8 @@ def write_report(results: list[Result], out: Path, *, seed: int, seconds: float,
     mode = "server" if server else "processor"
     begin, end = f"<!-- fuzz:{mode}:begin -->", f"<!-- fuzz:{mode}:end -->"
     worst = max(results, key=lambda r: r.peak_mb)
-    lines = [begin, f"### Through the {mode}", "", f"Run: `python -m qwen25vl.testing.fuzz_run --count {len(results)} --seed {seed}"
-             f"{' --server' if server else ''}` ({seconds:.0f} s wall, {os.cpu_count()} cores).", "",
+    command = f"python -m qwen25vl.testing.fuzz_run --count {len(results)} --seed {seed}{' --server' * server}"
+    lines = [begin, f"### Through the {mode}", "", f"Run: `{command}` ({seconds:.0f} s wall, {os.cpu_count()} cores).", "",
              summary_table(results), "",
              f"Largest peak RSS above the worker's resting RSS: {worst.peak_mb:.0f} MB ({worst.family}, input "
              f"{worst.index}). Failures (other exception, timeout, crash): {len(failures(results))}."]
