@@ -71,8 +71,12 @@ def test_several_tables_and_prose_lines_with_a_pipe():
 
 
 def test_truncated_tables():
-    cut_row = parse_markdown_table("| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4")
+    cut_row = parse_markdown_table("| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4\n\n")
     assert cut_row.truncated and cut_row.body[-1] == ("3", "4")
+    sloppy = parse_markdown_tables("| a | b |\n|---|---|\n| 1 | 2\n\nThen:\n| c |\n|---|\n| 3 |")
+    assert [t.truncated for t in sloppy] == [False, False]  # a missing pipe before more text is no cut
+    fenced = parse_markdown_table("```\n| a | b |\n|---|---|\n| 1 | 2\n```\n")
+    assert not fenced.truncated
     cut_fence = parse_markdown_table("```markdown\n| a | b |\n|---|---|\n| 1 | 2 |")
     assert cut_fence.truncated
     closed = parse_markdown_table("```markdown\n| a | b |\n|---|---|\n| 1 | 2 |\n```\nmore prose")

@@ -71,7 +71,8 @@ def _alignment(cells: list[str]) -> tuple | None:
     return tuple(kinds[(bool(m.group(1)), bool(m.group(2)))] for m in found)
 
 
-def _table(lines: list[str], cut: bool) -> MarkdownTable | None:
+def _table(lines: list[str], last: bool, open_fence: bool) -> MarkdownTable | None:
+    """The table these lines hold, or None; `last`: they end the answer (only then can the table be cut off)."""
     rows, align, header = [], (), False
     for i, line in enumerate(lines):
         cells = _cells(line)
@@ -87,16 +88,14 @@ def _table(lines: list[str], cut: bool) -> MarkdownTable | None:
     ragged = any(len(r) != width for r in rows) or bool(align) and len(align) != width
     padded = tuple(tuple(r) + ("",) * (width - len(r)) for r in rows)
     align = tuple(align[:width]) + (None,) * (width - len(align)) if align else ()
-    last = lines[-1].rstrip()
-    truncated = cut or (piped and not last.endswith("|"))
+    truncated = last and (open_fence or piped and not lines[-1].rstrip().endswith("|"))
     return MarkdownTable(padded, header, align, ragged, truncated)
 
 
 def _runs(text: str):
     """Runs of consecutive lines that hold an unescaped pipe: (lines, ends at the end of the text)."""
     run: list[str] = []
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
+    for line in text.rstrip().splitlines():
         if _SPLIT.search(line):
             run.append(line)
             continue
@@ -112,9 +111,11 @@ def parse_markdown_tables(text: str) -> list[MarkdownTable]:
     if not isinstance(text, str):
         raise InputError(f"model answer must be a string, got {type(text).__name__}")
     tables = []
-    for _, body, closed in segments(text):
-        for lines, at_end in _runs(body):
-            table = _table(lines, not closed and at_end)
+    parts = segments(text)
+    for n, (fenced, body, closed) in enumerate(parts):
+        for lines, at_end in _runs(body):  # a closed fence after the table: the answer went on, nothing was cut
+            last = at_end and n == len(parts) - 1 and not (fenced and closed)
+            table = _table(lines, last, not closed)
             if table is not None:
                 tables.append(table)
     return tables
