@@ -1,7 +1,7 @@
 """The Python API: `vlm = qwen25vl.load(path)`, then `vlm.chat(messages)`.
 
 ```
-vlm = qwen25vl.load("Qwen2.5-VL-3B-Instruct")            # CUDA + bf16 when available, else CPU fp32
+vlm = qwen25vl.load("Qwen2.5-VL-3B-Instruct")            # CUDA + bf16 when available, else CPU (see dtype)
 vlm.chat("Describe this.", images=["cat.png"])            # -> str
 for delta in vlm.chat(messages, stream=True): ...         # text deltas
 vlm.chat([conv_a, conv_b], max_new_tokens=64)             # a batch -> list[str]
@@ -26,52 +26,113 @@ from qwen25vl.generation.vision_cache import VisionCache
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
+_DEVICE_TYPES = ("cpu", "cuda")
 
 
-def resolve_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
-    """CUDA + bf16 when available (fp16 on GPUs without bf16), else CPU fp32; either may be overridden."""
+def resolve_device(device=None) -> torch.device:
+    """cuda when available, else cpu; a named device must be one we run on and present on this machine."""
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise InputError(f"device {device!r} is not a valid torch device: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {str(device)!r} asked for but CUDA is not available")
-    if dtype is None:
-        if device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            dtype = torch.float32
-    elif isinstance(dtype, str):
+    if device.type not in _DEVICE_TYPES:
+        raise InputError(f"device {str(device)!r} is not supported: use cpu or cuda")
+    if device.type == "cuda":
+        _check_cuda(device)
+    return torch.device("cpu") if device.type == "cpu" else device
+
+
+def _check_cuda(device: torch.device) -> None:
+    if not torch.cuda.is_available():
+        build = "a CPU-only torch build" if torch.version.cuda is None else "no GPU visible"
+        raise InputError(f"device {str(device)!r} asked for but CUDA is not available ({build}); use device='cpu'")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device {str(device)!r} asked for but only {torch.cuda.device_count()} GPU(s) are visible")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 / AMX on x86, BF16 on Arm); else bf16 is emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = {word for line in f if line.startswith(("flags", "Features")) for word in line.split()}
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_device_dtype(device=None, dtype=None, *, stored: str | None = None) -> tuple[torch.device, torch.dtype]:
+    """The device and the weights' dtype. dtype None / "auto": bf16 on CUDA (fp16 on GPUs without bf16); on CPU
+    bf16 when the checkpoint is `stored` in bf16 and the CPU computes it natively, else fp32."""
+    device = resolve_device(device)
+    if dtype is None or dtype == "auto":
+        return device, _auto_dtype(device, stored)
+    if isinstance(dtype, str):
         if dtype not in _DTYPES:
-            raise InputError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+            raise InputError(f"dtype {dtype!r} is not one of {sorted(_DTYPES) + ['auto']}")
         dtype = _DTYPES[dtype]
+    if dtype not in _DTYPES.values():
+        raise InputError(f"dtype {dtype!r} is not one of float32, bfloat16, float16")
     return device, dtype
 
 
-def load(path: str | Path | None = None, device=None, dtype=None, *, compile: bool = False,
-         vision_cache_bytes: int = 256 * 2**20, decode_layout: bool | None = None) -> "VLM":
+def _auto_dtype(device: torch.device, stored: str | None) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if stored == "bfloat16" and cpu_has_bf16() else torch.float32
+
+
+def load(path: str | Path | None = None, device=None, dtype=None, *, threads: int | str | None = None,
+         compile: bool = False, vision_cache_bytes: int = 256 * 2**20, decode_layout: bool | None = None) -> "VLM":
     """Load a checkpoint folder (model, processor, generation defaults).
 
-    compile: torch.compile the decode step (pays on GPU; a cold compile costs seconds on CPU).
-    decode_layout: store wide LLM weights transposed for faster CPU decoding (`generation/layout.py`); default on
-    for CPU. vision_cache_bytes: LRU budget of image/video features reused across calls (0 = off).
+    dtype: a torch dtype, its name, or None / "auto" (see `resolve_device_dtype`). threads: torch's CPU thread
+    count, set for the process: N as given, "auto" as `qwen25vl.runtime.auto_threads` chooses (1 for a tiny model,
+    else the cores idle at load), None keeps torch's current count. compile: torch.compile the decode step (pays on
+    GPU; a cold compile costs seconds on CPU). decode_layout: store wide LLM weights transposed for faster CPU
+    decoding (`generation/layout.py`); default on for CPU. vision_cache_bytes: LRU budget of image/video features
+    reused across calls (0 = off).
     """
+    from qwen25vl.config import Qwen25VLConfig
     from qwen25vl.model.vlm import Qwen25VL
     from qwen25vl.processing.processor import Processor
 
     folder = model_path(path)
-    device, dtype = resolve_device_dtype(device, dtype)
+    _check_threads(threads)
+    device, dtype = resolve_device_dtype(device, dtype, stored=Qwen25VLConfig.from_pretrained(folder).torch_dtype)
     model = Qwen25VL.from_pretrained(folder, dtype=dtype, device=device).eval()
+    reason = _set_threads(model, threads) if device.type == "cpu" else None
     if decode_layout if decode_layout is not None else device.type == "cpu":
         use_decode_layout(model)
     processor = Processor.from_pretrained(folder)
-    return VLM(model, processor, generation_config=_read_generation_config(folder), compile=compile,
-               vision_cache=VisionCache(vision_cache_bytes) if vision_cache_bytes else None)
+    vlm = VLM(model, processor, generation_config=read_generation_config(folder), compile=compile,
+              vision_cache=VisionCache(vision_cache_bytes) if vision_cache_bytes else None)
+    vlm.threads_reason = reason
+    return vlm
 
 
-def _read_generation_config(folder: Path) -> dict:
+def _check_threads(threads) -> None:
+    if threads is None or threads == "auto":
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"threads must be a positive int, 'auto' or None, got {threads!r}")
+
+
+def _set_threads(model, threads) -> str | None:
+    """Apply the thread choice before the decode layout (which depends on it); say why, for the startup line."""
+    if threads is None:
+        return None
+    reason = "as asked"
+    if threads == "auto":
+        from qwen25vl.runtime import auto_threads
+
+        threads, reason = auto_threads(model)
+    torch.set_num_threads(threads)
+    return reason
+
+
+def read_generation_config(folder: Path) -> dict:
     path = folder / "generation_config.json"
     if not path.is_file():
         return {}
@@ -105,6 +166,7 @@ class VLM:
         self.defaults = SamplingParams.from_generation_config(self.generation_config)
         self.compile = compile
         self.vision_cache = vision_cache
+        self.threads_reason: str | None = None  # how load chose the thread count, for the startup line
 
     @property
     def device(self) -> torch.device:

@@ -13,6 +13,11 @@ sits idle while the first streams. `RowSplitLinear` (swapped in for those wide l
 computes a few-row input as one batched product over column blocks of the transposed weight, one block per thread,
 from a strided view of the same storage (no copy). Measured at 0.5B shapes with 2 threads: 10.0 -> 13.9 tokens/s;
 with 1 thread it would be slower, so it falls back to the plain product there and for many-row inputs (prefill).
+
+A split costs a hand-off between threads (a few microseconds at rest, hundreds when another process holds the other
+core: a tiny model's 2-thread `bmm` went from 1.8 us to 335 us per call on a busy machine, 34 s instead of 0.4 s for
+419 tokens). So only weights of at least `SPLIT_MIN_BYTES` (about 50 us of streaming) are split: a tiny model never
+is, a 0.5B model's every projection is.
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 _SPLIT_MAX_ROWS = 8  # decode batches; above this the plain GEMM already uses every core
+SPLIT_MIN_BYTES = 1 << 20  # smaller weights stream in microseconds: a thread hand-off would cost more than it saves
+
+
+def worth_splitting(weight: torch.Tensor) -> bool:
+    """Whether a product with this weight is enough work to share between threads (see SPLIT_MIN_BYTES)."""
+    return weight.numel() * weight.element_size() >= SPLIT_MIN_BYTES
 
 
 class RowSplitLinear(nn.Linear):
@@ -32,13 +43,20 @@ class RowSplitLinear(nn.Linear):
         weight_t = self.weight.t()  # (in, out): contiguous under the decode layout
         rows = x.numel() // max(x.shape[-1], 1)
         if (parts < 2 or rows > _SPLIT_MAX_ROWS or self.out_features % parts or not weight_t.is_contiguous()
-                or x.dtype != weight_t.dtype or x.device.type != "cpu"):
+                or x.dtype != weight_t.dtype or x.device.type != "cpu" or not worth_splitting(self.weight)):
             return F.linear(x, self.weight, self.bias)
         width = self.out_features // parts
         blocks = weight_t.view(self.in_features, parts, width).permute(1, 0, 2)  # (P, in, out/P), a strided view
         x2 = x.reshape(1, rows, self.in_features).expand(parts, -1, -1)  # (P, rows, in)
         y = torch.bmm(x2, blocks).permute(1, 0, 2).reshape(*x.shape[:-1], self.out_features)  # (P, rows, out/P)
         return y if self.bias is None else y + self.bias
+
+
+def largest_decode_matrix_bytes(model: nn.Module) -> int:
+    """Bytes of the largest weight a decode step multiplies (language model layers and lm_head)."""
+    weights = [m.weight for m in model.model.layers.modules() if isinstance(m, nn.Linear)]
+    weights.append(model.lm_head.weight)
+    return max(w.numel() * w.element_size() for w in weights)
 
 
 def _as_row_split(module: nn.Linear) -> RowSplitLinear:
