@@ -9,6 +9,7 @@ equivalent (EQUIVALENT below, with the reason), and the kill rate of the non-equ
     .venv/bin/python tools/mutate.py                      # every module (tens of minutes on 2 shared cores)
     .venv/bin/python tools/mutate.py positions sampling   # some modules; the other rows of the table are kept
     .venv/bin/python tools/mutate.py --list               # the modules and their test selections
+    .venv/bin/python tools/mutate.py --report-only        # rewrite TESTING.md from the last run (after EQUIVALENT edits)
 
 Mutant names (`qwen25vl.positions.x_vision_block_ids__mutmut_7`) number the mutations of one function in order, so
 an edit to a function renumbers its mutants: re-check the EQUIVALENT entries of a function after changing it (a
@@ -75,7 +76,33 @@ BY_NAME = {m.name: m for m in MODULES}
 
 # Mutants no test can kill because the mutated program behaves the same: name -> one-line reason. Only for modules
 # whose survivors were judged one by one; a survivor not listed here counts against the kill rate.
-EQUIVALENT: dict[str, str] = {}
+_CPU = "device placement only: every tensor is already on the CPU (the tests' only device)"
+_DIM = "dim +1 and -1 are the same axis of a 2-D tensor"
+EQUIVALENT: dict[str, str] = {
+    # positions.py
+    "qwen25vl.positions.x__row_ids__mutmut_13": "at == start appends an empty arange: same ids",
+    "qwen25vl.positions.x__row_ids__mutmut_110": "start == len appends an empty arange: same ids",
+    "qwen25vl.positions.x__row_ids__mutmut_135": "an empty row's (0,) zeros broadcast into its empty (3, 0) slot",
+    "qwen25vl.positions.x__row_ids__mutmut_139": "an empty row's (3, 1) zeros broadcast into its empty (3, 0) slot",
+    "qwen25vl.positions.x_decode_position_ids__mutmut_5": _CPU,
+    "qwen25vl.positions.x_decode_position_ids__mutmut_7": _CPU,
+    "qwen25vl.positions.x_mrope_position_ids__mutmut_16": _CPU,
+    "qwen25vl.positions.x_mrope_position_ids__mutmut_111": _CPU,
+    "qwen25vl.positions.x_rope_deltas_of__mutmut_5": "torch.full with an int fill value is int64 anyway",
+    "qwen25vl.positions.x_rope_deltas_of__mutmut_6": _CPU,
+    "qwen25vl.positions.x_rope_deltas_of__mutmut_9": "torch.full with an int fill value is int64 anyway",
+    "qwen25vl.positions.x_rope_deltas_of__mutmut_10": _CPU,
+    "qwen25vl.positions.x_rope_deltas_of__mutmut_11": "a scalar count (every row has T tokens) broadcasts to the same (B,)",
+    "qwen25vl.positions.x_rope_deltas_of__mutmut_21": _DIM,
+    "qwen25vl.positions.x_rope_deltas_of__mutmut_31": "the fill only shows in rows with no valid token, which take the 0 branch",
+    "qwen25vl.positions.x_rope_deltas_of__mutmut_40": "a row with no valid token gives -1 + 1 - 0 = 0 on both branches",
+    "qwen25vl.positions.x_text_position_ids__mutmut_10": _DIM,
+    "qwen25vl.positions.x_vision_block_ids__mutmut_9": "a Python float becomes float32 by default",
+    "qwen25vl.positions.x_vision_block_ids__mutmut_11": "a Python float becomes float32 by default",
+    "qwen25vl.positions.x_vision_block_ids__mutmut_15": "int64 arange x float32 scalar tensor is computed in float32 too",
+    "qwen25vl.positions.x_vision_block_ids__mutmut_17": "int64 arange x float32 scalar tensor is computed in float32 too",
+    "qwen25vl.positions.x_vision_block_ids__mutmut_41": _CPU,
+}
 
 
 @dataclass
@@ -149,17 +176,24 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_module(module: Module, children: int) -> Outcome:
+def run_module(module: Module, children: int, report_only: bool = False) -> Outcome:
+    """Mutate and test one module (or, with report_only, read the results its last run left in the scratch tree)."""
     out = Outcome(module)
-    work = _prepare(module)
-    start = time.monotonic()
-    cmd = [str(MUTMUT), "run", "--max-children", str(children), *module.patterns()]
-    with open(work / "mutmut.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    out.seconds = time.monotonic() - start
+    work = SCRATCH / module.name
+    returncode = None
+    if not report_only:
+        work = _prepare(module)
+        start = time.monotonic()
+        cmd = [str(MUTMUT), "run", "--max-children", str(children), *module.patterns()]
+        with open(work / "mutmut.log", "w") as log:
+            returncode = subprocess.run(cmd, cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT).returncode
+        out.seconds = time.monotonic() - start
+        (work / "seconds").write_text(f"{out.seconds:.0f}")
+    elif (work / "seconds").exists():
+        out.seconds = float((work / "seconds").read_text())
     meta = work / "mutants" / (module.path + ".meta")
     if not meta.exists():
-        out.error = f"mutmut exited {proc.returncode} without results (see {work / 'mutmut.log'})"
+        out.error = f"mutmut exited {returncode} without results (see {work / 'mutmut.log'})"
         return out
     codes = json.loads(meta.read_text())["exit_code_by_key"]
     wanted = [re.compile(_fnmatch_re(p)) for p in module.patterns()]
@@ -293,6 +327,8 @@ def main(argv=None) -> int:
     parser.add_argument("--children", type=int, default=2, help="mutants run in parallel (default 2)")
     parser.add_argument("--list", action="store_true", help="print the modules and their test selections")
     parser.add_argument("--no-write", action="store_true", help="print the report instead of updating TESTING.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from the last run's results in build/mutate/ (after editing EQUIVALENT)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in BY_NAME]
     if unknown:
@@ -306,7 +342,7 @@ def main(argv=None) -> int:
     outcomes = []
     for m in modules:
         print(f"== {m.name}: {m.path} <- {' '.join(_selected_tests(m))}", flush=True)
-        o = run_module(m, args.children)
+        o = run_module(m, args.children, args.report_only)
         outcomes.append(o)
         print(o.row(), f"({o.seconds / 60:.1f} min)", flush=True)
     if args.no_write:
