@@ -1,0 +1,43 @@
+"""Resize math edges the mutation run found unguarded: the cap's equality, zero sides, limit messages, and the
+call-level budget shared over images (hand-computed)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qwen25vl.errors import InputError
+from qwen25vl.processing.image import process_images, resolve_pixel_limits, smart_resize
+
+
+def test_area_exactly_at_the_cap_is_kept():
+    # 290 x 560 rounds to 280 x 560 = 156,800 = max_pixels: not over the cap, so no rescale (a rescale would give
+    # 280 x 532); transformers compares with `>` too
+    assert smart_resize(290, 560, min_pixels=1, max_pixels=156_800) == (280, 560)
+
+
+@pytest.mark.parametrize("h, w", [(0, 10), (10, 0), (-5, 10)])
+def test_zero_or_negative_sides(h, w):
+    with pytest.raises(InputError, match=rf"^image size {w}x{h}: both sides must be positive$"):
+        smart_resize(h, w)
+
+
+def test_limit_messages_name_the_bound_and_the_value():
+    cases = [
+        (dict(min_pixels=-1), r"^image: min_pixels / min_tokens must be a positive number, got -1$"),
+        (dict(min_tokens=-2), r"^image: min_pixels / min_tokens must be a positive number, got -2$"),
+        (dict(max_pixels=True), r"^image: max_pixels / max_tokens must be a positive number, got True$"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(InputError, match=message):
+            resolve_pixel_limits(**kwargs, default_min=10, default_max=100)
+
+
+def test_total_budget_is_shared_by_resized_area():
+    # two 560 x 280 (w x h) images resize to themselves (156,800 px each); a total of 156,800 halves each item's
+    # max: sqrt(2) smaller, floored to 28 -> 196 x 392
+    images = [Image.fromarray(np.zeros((280, 560, 3), np.uint8)) for _ in range(2)]
+    out = process_images(images, total_pixels=156_800, max_workers=1)
+    assert [o.grid_thw for o in out] == [(1, 14, 28)] * 2
+    # a budget the items already fit changes nothing
+    out = process_images(images, total_pixels=2 * 156_800, max_workers=1)
+    assert [o.grid_thw for o in out] == [(1, 20, 40)] * 2
