@@ -292,7 +292,7 @@ def test_32_concurrent_clients_all_answered_and_batched(server, client):
 
     def wait_for_all_32():  # the worker's first step waits for the rest to queue: they join the same batch
         if not first_step:
-            first_step.append(server.scheduler.wait_queued(31, timeout=30))
+            first_step.append(server.scheduler.wait_rows(32, timeout=30))
 
     server.scheduler.before_step = wait_for_all_32
     try:

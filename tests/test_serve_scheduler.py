@@ -2,7 +2,6 @@
 a failing request or step leaves the worker serving, cancelled rows leave the batch."""
 
 import asyncio
-import time
 
 import numpy as np
 import pytest

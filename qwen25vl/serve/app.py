@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
-import json
 import logging
 import time
-from typing import Any, AsyncIterator, Optional
+from typing import AsyncIterator, Optional
 
+import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -27,9 +28,11 @@ from qwen25vl.generation.sampling import SamplingParams
 from qwen25vl.serve import schemas as S
 from qwen25vl.serve.fetch import MediaFetcher
 from qwen25vl.serve.messages import LimitError, check_processed, to_processor_messages
+from qwen25vl.serve.responses import Shape, collect, stream
 from qwen25vl.serve.rows import Event, GenRequest
 from qwen25vl.serve.scheduler import QueueFull, Scheduler
 from qwen25vl.serve.settings import ServeSettings
+from qwen25vl.serve.tools import tool_plan
 
 log = logging.getLogger("qwen25vl.serve")
 
@@ -52,7 +55,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req, err: RequestValidationError):
-        problems = [f"{'.'.join(str(x) for x in e['loc'][1:]) or 'body'}: {e['msg']}" for e in err.errors()[:5]]
+        problems = [f"{'.'.join(str(x) for x in e['loc'][1:]) or 'body'}: "
+                    + ("not a field this server supports" if e["type"] == "extra_forbidden" else e["msg"])
+                    for e in err.errors()[:5]]
         first = err.errors()[0]["loc"] if err.errors() else ()
         param = ".".join(str(x) for x in first[1:]) or None
         return _error(400, "invalid request: " + "; ".join(problems), "invalid_request_error", param)
@@ -127,7 +132,19 @@ class _BodyTooLarge(StarletteHTTPException):
         super().__init__(413, message)
 
 
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p")
+_NEUTRAL = dict(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0)
+
+
 def sampling_params(req: S.ChatCompletionRequest, defaults: SamplingParams, settings: ServeSettings) -> SamplingParams:
+    """The request's settings over the checkpoint's generation_config.
+
+    A request that names none of temperature / top_p / top_k / min_p samples as the checkpoint says. A request that
+    names any of them gets OpenAI's meaning for the ones it leaves out (temperature 1, no top-p, top-k or min-p
+    filter): otherwise a checkpoint's `top_k=1` (Qwen's generation_config) would silently make `temperature=0.8,
+    n=4` four copies of the greedy answer. repetition_penalty, max_tokens, stop and seed come from the request when
+    given and from the checkpoint otherwise.
+    """
     limits = settings.limits
     max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
     if max_tokens > limits.max_tokens:
@@ -139,13 +156,10 @@ def sampling_params(req: S.ChatCompletionRequest, defaults: SamplingParams, sett
     stops = req.stop_list()
     if len(stops) > 4 or any(not s for s in stops):
         raise ApiError(400, f"stop={stops!r}: at most 4 non-empty strings", param="stop")
-    return defaults.updated(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                            top_k=req.top_k, repetition_penalty=req.repetition_penalty, seed=req.seed, stop=tuple(stops))
-
-
-def _sse(payload: Any) -> str:
-    body = payload if isinstance(payload, str) else payload.model_dump_json(exclude_none=True)
-    return f"data: {body}\n\n"
+    given = {name: getattr(req, name) for name in _SAMPLING_FIELDS if getattr(req, name) is not None}
+    base = defaults.updated(**_NEUTRAL) if given else defaults
+    return base.updated(max_new_tokens=max_tokens, repetition_penalty=req.repetition_penalty, seed=req.seed,
+                        stop=tuple(stops) or None, **given)
 
 
 def create_app(vlm, settings: ServeSettings = ServeSettings(), *, defaults: Optional[SamplingParams] = None) -> FastAPI:
@@ -193,12 +207,17 @@ def create_app(vlm, settings: ServeSettings = ServeSettings(), *, defaults: Opti
     async def models():
         return S.ModelList(data=[S.ModelCard(id=settings.model_name)])
 
-    def prepare(req: S.ChatCompletionRequest) -> dict:
+    limits = dataclasses.replace(settings.limits, max_token_chars=_longest_token(scheduler))
+    app.state.limits = limits
+
+    def prepare(req: S.ChatCompletionRequest, tools: Optional[list[dict]], prefix: str) -> dict:
         """Blocking: fetch, decode, process. Runs in the threadpool."""
-        messages = to_processor_messages(req.messages, fetcher, settings.limits)
-        inputs = processor(messages, add_generation_prompt=True)
+        messages = to_processor_messages(req.messages, fetcher, limits)
+        inputs = processor(messages, add_generation_prompt=True, tools=tools)
         inputs = {k: v for k, v in dict(inputs).items() if v is not None}
-        check_processed(inputs, settings.limits, config.vision.patch_size)
+        if prefix:
+            inputs = _append_answer_prefix(inputs, tokenizer.encode(prefix))
+        check_processed(inputs, limits, config.vision.patch_size)
         return inputs
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
@@ -208,11 +227,17 @@ def create_app(vlm, settings: ServeSettings = ServeSettings(), *, defaults: Opti
                            param="model", code="model_not_found")
         arrived = time.monotonic()  # the timeout counts from here: fetching and processing included
         params = sampling_params(req, defaults, settings)
-        inputs = await run_in_threadpool(prepare, req)
+        choice = req.tool_choice.function.name if isinstance(req.tool_choice, S.NamedToolChoice) else req.tool_choice
+        tools, prefix, parse = tool_plan([t.model_dump(exclude_none=True) for t in req.tools or ()], choice)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
+        inputs = await run_in_threadpool(prepare, req, tools, prefix)
         json_mode = req.response_format is not None and req.response_format.type == "json_object"
         gen = GenRequest(inputs=inputs, params=params, n=req.n, json_mode=json_mode, ignore_eos=req.ignore_eos,
                          timeout=settings.request_timeout, created=arrived, loop=asyncio.get_running_loop(),
-                         queue=asyncio.Queue())
+                         queue=asyncio.Queue(), presence_penalty=req.presence_penalty,
+                         frequency_penalty=req.frequency_penalty,
+                         top_logprobs=(req.top_logprobs or 0) if req.logprobs else None)
         try:
             scheduler.submit(gen)
         except QueueFull as err:
@@ -220,6 +245,9 @@ def create_app(vlm, settings: ServeSettings = ServeSettings(), *, defaults: Opti
         ids = inputs["input_ids"][0]
         usage = {"prompt_tokens": int(ids.numel()), "prompt_tokens_details": {
             "image_tokens": int((ids == image_pad).sum()), "video_tokens": int((ids == video_pad).sum())}}
+        shape = Shape(model=req.model, n=req.n, usage=usage, tools=parse, prefix=prefix, logprobs=req.logprobs,
+                      single_call=req.parallel_tool_calls is False,
+                      include_usage=bool(req.stream_options and req.stream_options.include_usage))
         events = _relay(gen, http, scheduler)
         first = await anext(events, None)
         if first is None:  # the client left before anything happened
@@ -227,12 +255,29 @@ def create_app(vlm, settings: ServeSettings = ServeSettings(), *, defaults: Opti
         if first.kind == "error":
             return _error(first.status, first.text, first.reason or "server_error")
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            body = _stream(first, events, req, usage, include_usage)
-            return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await _collect(first, events, req, usage)
+            return StreamingResponse(stream(first, events, shape), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return await collect(first, events, shape)
 
     return app
+
+
+def _longest_token(scheduler: Scheduler) -> int:
+    """Characters of the vocabulary's longest token (special tokens by their names): bounds chars per token."""
+    table, tokenizer = scheduler.token_bytes(), scheduler.tokenizer
+    known = getattr(tokenizer, "vocab_size", len(table))
+    specials = [len(tokenizer.decode([i], skip_special_tokens=False)) for i, b in enumerate(table[:known]) if b is None]
+    return max([len(b) for b in table if b] + specials + [1])
+
+
+def _append_answer_prefix(inputs: dict, ids: list[int]) -> dict:
+    """The prompt followed by the start of the answer (a forced tool call): (1, T) tensors grow by len(ids)."""
+    extra = torch.tensor([ids], dtype=inputs["input_ids"].dtype)
+    out = dict(inputs, input_ids=torch.cat([inputs["input_ids"], extra], dim=1))
+    for key, fill in (("attention_mask", 1), ("mm_token_type_ids", 0)):
+        if key in inputs:
+            out[key] = torch.cat([inputs[key], torch.full_like(extra, fill, dtype=inputs[key].dtype)], dim=1)
+    return out
 
 
 async def _watch_disconnect(http: Request, gen: GenRequest, scheduler: Scheduler) -> None:
@@ -271,66 +316,3 @@ async def _relay(gen: GenRequest, http: Request, scheduler: Scheduler) -> AsyncI
         watcher.cancel()
         if not finished:
             scheduler.cancel(gen)
-
-
-def _usage(usage: dict, completion_tokens: int) -> S.Usage:
-    return S.Usage(prompt_tokens=usage["prompt_tokens"], completion_tokens=completion_tokens,
-                   total_tokens=usage["prompt_tokens"] + completion_tokens,
-                   prompt_tokens_details=usage["prompt_tokens_details"])
-
-
-async def _collect(first: Event, events: AsyncIterator[Event], req: S.ChatCompletionRequest, usage: dict):
-    texts = {i: [] for i in range(req.n)}
-    reasons: dict[int, Optional[str]] = {i: None for i in range(req.n)}
-    event: Optional[Event] = first
-    completion_tokens = 0
-    while event is not None:
-        if event.kind == "error":
-            return _error(event.status, event.text, event.reason or "server_error")
-        if event.kind == "delta":
-            texts[event.index].append(event.text)
-        elif event.kind == "finish":
-            reasons[event.index] = event.reason
-        elif event.kind == "end":
-            completion_tokens = event.usage["completion_tokens"]
-            break
-        event = await anext(events, None)
-    else:
-        return JSONResponse({}, status_code=499)  # client gone
-    choices = [S.Choice(index=i, message=S.AssistantMessage(content="".join(texts[i])), finish_reason=reasons[i])
-               for i in range(req.n)]
-    body = S.ChatCompletion(id=S.completion_id(), model=req.model, choices=choices,
-                            usage=_usage(usage, completion_tokens))
-    return JSONResponse(body.model_dump(exclude_none=True))
-
-
-async def _stream(first: Event, events: AsyncIterator[Event], req: S.ChatCompletionRequest, usage: dict,
-                  include_usage: bool) -> AsyncIterator[str]:
-    cid = S.completion_id()
-
-    def chunk(index: int, delta: S.Delta, finish: Optional[str] = None) -> str:
-        choice = S.ChunkChoice(index=index, delta=delta, finish_reason=finish)
-        return _sse(S.ChatCompletionChunk(id=cid, model=req.model, choices=[choice]))
-
-    for i in range(req.n):
-        yield chunk(i, S.Delta(role="assistant", content=""))
-    event: Optional[Event] = first
-    try:
-        while event is not None:
-            if event.kind == "error":
-                yield _sse(json.dumps(S.error_body(event.text, event.reason or "server_error")))
-                return
-            if event.kind == "delta":
-                yield chunk(event.index, S.Delta(content=event.text))
-            elif event.kind == "finish":
-                yield chunk(event.index, S.Delta(), event.reason)
-            elif event.kind == "end":
-                if include_usage:
-                    tail = S.ChatCompletionChunk(id=cid, model=req.model, choices=[],
-                                                 usage=_usage(usage, event.usage["completion_tokens"]))
-                    yield _sse(tail)
-                yield _sse("[DONE]")
-                return
-            event = await anext(events, None)
-    finally:
-        await events.aclose()  # runs _relay's cleanup: an abandoned stream cancels its rows

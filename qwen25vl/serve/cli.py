@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from qwen25vl.errors import ConfigError
+from qwen25vl.runtime import add_runtime_args, load_from_args
 from qwen25vl.serve.settings import Limits, ServeSettings
 
 
@@ -32,9 +33,7 @@ def register(subparsers) -> None:
                    help="let requests fetch from private, loopback and link-local addresses (trusted networks only)")
     p.add_argument("--local-root", action="append", default=[], metavar="DIR",
                    help="a folder whose files requests may name by path (repeatable; default: none)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    p.add_argument("--dtype", help="float32, bfloat16, float16 (default: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    add_runtime_args(p)
     d, lim = ServeSettings(), Limits()
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="sequences decoded together")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="waiting requests before answering 429")
@@ -71,17 +70,14 @@ def settings_from_args(args, model_name: str) -> ServeSettings:
 
 
 def run(args) -> int:
-    import torch
     import uvicorn
 
-    import qwen25vl
     from qwen25vl.api import model_path
     from qwen25vl.serve.app import create_app
 
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     folder = model_path(args.model)
     settings = settings_from_args(args, args.served_model_name or folder.name)
-    vlm = qwen25vl.load(folder, device=args.device, dtype=args.dtype)
+    vlm = load_from_args(args)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it may use it")
     app = create_app(vlm, settings)

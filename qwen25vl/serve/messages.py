@@ -112,17 +112,48 @@ def _part(part: Any, fetcher: MediaFetcher, limits: Limits, what: str) -> dict[s
 
 def to_processor_messages(messages: list[ChatMessage], fetcher: MediaFetcher, limits: Limits) -> list[dict]:
     """Runs in a worker thread of the HTTP server (fetching and decoding block)."""
+    _check_counts(messages, limits)
     out = []
     for i, message in enumerate(messages):
         if message.content is None or isinstance(message.content, str):
-            out.append({"role": message.role, "content": message.content or ""})
-            continue
-        parts = [_part(p, fetcher, limits, f"messages[{i}].content[{j}]") for j, p in enumerate(message.content)]
-        if message.role != "user" and any(p["type"] != "text" for p in parts):
-            raise InputError(f"messages[{i}]: images and videos are only accepted in user messages "
-                             f"(role {message.role!r})")
-        out.append({"role": message.role, "content": parts})
+            converted = {"role": message.role, "content": message.content or ""}
+        else:
+            parts = [_part(p, fetcher, limits, f"messages[{i}].content[{j}]") for j, p in enumerate(message.content)]
+            if message.role != "user" and any(p["type"] != "text" for p in parts):
+                raise InputError(f"messages[{i}]: images and videos are only accepted in user messages "
+                                 f"(role {message.role!r})")
+            converted = {"role": message.role, "content": parts}
+        if message.role == "assistant" and message.tool_calls:
+            converted["tool_calls"] = [{"type": "function", "function": {
+                "name": c.function.name, "arguments": c.function.arguments}} for c in message.tool_calls]
+        out.append(converted)
     return out
+
+
+def _check_counts(messages: list[ChatMessage], limits: Limits) -> None:
+    """Before anything is fetched or tokenized: the number of media items and the length of the text.
+
+    The text bound is exact, not a guess: no token of the vocabulary is longer than `limits.max_token_chars`
+    characters, so a text longer than max_prompt_tokens x that can never fit and is refused without tokenizing.
+    """
+    items, chars = 0, 0
+    for message in messages:
+        content = message.content
+        if isinstance(content, str):
+            chars += len(content)
+            continue
+        for part in content or ():
+            if isinstance(part, TextPart):
+                chars += len(part.text)
+            else:
+                items += 1
+    if items > limits.max_media_items:
+        raise LimitError(f"the request holds {items} images and videos, over the server limit "
+                         f"max_media_items={limits.max_media_items}")
+    if chars > limits.max_prompt_tokens * limits.max_token_chars:
+        raise LimitError(f"the prompt text has {chars} characters: more than max_prompt_tokens="
+                         f"{limits.max_prompt_tokens} tokens of at most {limits.max_token_chars} characters each "
+                         f"can hold (server limit max_prompt_tokens={limits.max_prompt_tokens})")
 
 
 def check_processed(inputs: dict[str, Optional[torch.Tensor]], limits: Limits, patch_size: int = 14) -> None:

@@ -28,6 +28,7 @@ class Event:
     reason: Optional[str] = None  # finish reason ("stop", "length"), or the error type
     status: int = 0  # HTTP status of an error
     usage: Optional[dict[str, Any]] = None  # "end": completion token counts
+    logprobs: Optional[list[dict]] = None  # delta / finish: OpenAI entries of the tokens behind this text
 
 
 @dataclass
@@ -47,6 +48,9 @@ class GenRequest:
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished_rows: int = 0
     completion_tokens: int = 0
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token generated so far
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence in the generated tokens
+    top_logprobs: Optional[int] = None  # None: no logprobs; k >= 0: the chosen token's logprob and the k best
 
     @property
     def deadline(self) -> float:
@@ -112,13 +116,28 @@ class Row:
         self.seen: Optional[torch.Tensor] = None  # (1, V) bool for the repetition penalty
         if params.repetition_penalty != 1:
             self.seen = seen_mask(request.inputs["input_ids"].reshape(1, -1), vocab_size, device)
+        self.counts: Optional[torch.Tensor] = None  # (V,) generated-token counts for presence/frequency penalties
+        if request.presence_penalty or request.frequency_penalty:
+            self.counts = torch.zeros(vocab_size, device=device)
+        self.pending_logprobs: list[dict] = []  # entries of tokens whose text is not sent yet
 
-    def accept(self, token: int) -> list[Event]:
-        """Record the sampled token; returns the events to send (text delta, finish)."""
+    def penalize(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (V,) -> logits with OpenAI's presence and frequency penalties applied (generated tokens only)."""
+        if self.counts is None:
+            return logits
+        request = self.request
+        return logits - request.presence_penalty * (self.counts > 0) - request.frequency_penalty * self.counts
+
+    def accept(self, token: int, logprob: Optional[dict] = None) -> list[Event]:
+        """Record the sampled token (and its logprob entry); returns the events to send (text delta, finish)."""
         self.generated += 1
         self.last_token = token
         if self.seen is not None:
             self.seen[0, token] = True
+        if self.counts is not None:
+            self.counts[token] += 1
+        if logprob is not None and token not in self.stop_ids:
+            self.pending_logprobs.append(logprob)
         if self.json is not None:
             self.json.advance(token)
         events = []
@@ -127,7 +146,7 @@ class Row:
         else:
             delta = self.stream.push(token)
             if delta:
-                events.append(Event("delta", self.index, delta))
+                events.append(Event("delta", self.index, delta, logprobs=self._take_logprobs()))
             if self.stream.stopped:
                 self.finish_reason = "stop"
             elif self.generated >= self.params.max_new_tokens:
@@ -135,6 +154,12 @@ class Row:
         if self.finish_reason:
             tail = self.stream.finish()
             if tail:
-                events.append(Event("delta", self.index, tail))
-            events.append(Event("finish", self.index, reason=self.finish_reason))
+                events.append(Event("delta", self.index, tail, logprobs=self._take_logprobs()))
+            events.append(Event("finish", self.index, reason=self.finish_reason, logprobs=self._take_logprobs()))
         return events
+
+    def _take_logprobs(self) -> Optional[list[dict]]:
+        if not self.pending_logprobs:
+            return None
+        taken, self.pending_logprobs = self.pending_logprobs, []
+        return taken

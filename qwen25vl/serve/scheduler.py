@@ -55,7 +55,7 @@ class Scheduler:
         self.device = model.model.embed_tokens.weight.device
         self.vocab_size = model.lm_head.weight.shape[0] if hasattr(model, "lm_head") else model.config.text.vocab_size
         self.eos_ids = tuple(getattr(tokenizer, "eos_token_ids", ()) or (model.config.eos_token_id,))
-        self._json_table = None
+        self._token_bytes = None  # bytes of every token id: JSON mode and logprobs, built on first use
         self._waiting: collections.deque[GenRequest] = collections.deque()
         self._rows: list[Row] = []
         self._cache: Optional[KVCache] = None
@@ -105,10 +105,11 @@ class Scheduler:
         with self._changed:
             return self._changed.wait_for(lambda: predicate(self), timeout=timeout)
 
-    def wait_queued(self, count: int, timeout: float) -> bool:
-        """Block until `count` requests wait for admission (a `before_step` hook may call it: the worker pauses)."""
+    def wait_rows(self, count: int, timeout: float) -> bool:
+        """Block until `count` rows are running or waiting (from a `before_step` hook: the worker pauses meanwhile)."""
         with self._cond:
-            return self._cond.wait_for(lambda: len(self._waiting) >= count or self._stop, timeout=timeout)
+            return self._cond.wait_for(
+                lambda: len(self._rows) + sum(r.n for r in self._waiting) >= count or self._stop, timeout=timeout)
 
     @property
     def running_rows(self) -> int:
@@ -236,29 +237,66 @@ class Scheduler:
         )
         if request.n > 1:
             cache = cache.select([0] * request.n)  # the n choices share the prompt: one prefill, n copies
-        if request.json_mode and self._json_table is None:
-            self._json_table = token_byte_table(self.tokenizer, self.vocab_size)
-        rows = [Row(request, i, self.tokenizer, self.eos_ids, self.vocab_size, self._json_table, self.device)
-                for i in range(request.n)]
+        rows = [Row(request, i, self.tokenizer, self.eos_ids, self.vocab_size,
+                    self.token_bytes() if request.json_mode else None, self.device) for i in range(request.n)]
         logits = out.logits[:, -1].float().expand(request.n, -1)  # (n, V)
-        tokens = self._sample(rows, logits)
+        tokens, logprobs = self._sample(rows, logits)
         joined = cache if self._cache is None else self._cache.concat(cache)
         self._rows, self._cache = self._rows + rows, joined  # together: rows and cache rows stay aligned
-        self._deliver(rows, tokens)
+        self._deliver(rows, tokens, logprobs)
 
     def _decode_step(self) -> None:
         tokens = torch.tensor([[r.last_token] for r in self._rows], dtype=torch.long, device=self.device)  # (B, 1)
         out = self.model(tokens, cache=self._cache, logits_to_keep=1)
         self.steps += 1
-        self._deliver(self._rows, self._sample(self._rows, out.logits[:, -1].float()))
+        self._deliver(self._rows, *self._sample(self._rows, out.logits[:, -1].float()))
 
-    def _sample(self, rows: list[Row], logits: torch.Tensor) -> list[int]:
-        """logits (B, V) -> one token per row.
+    def token_bytes(self) -> list:
+        if self._token_bytes is None:
+            self._token_bytes = token_byte_table(self.tokenizer, self.vocab_size)
+        return self._token_bytes
+
+    def _penalize(self, rows: list[Row], logits: torch.Tensor) -> torch.Tensor:
+        asking = [i for i, r in enumerate(rows) if r.counts is not None]
+        if not asking:
+            return logits
+        logits = logits.clone()
+        for i in asking:
+            logits[i] = rows[i].penalize(logits[i])
+        return logits
+
+    def _logprobs(self, rows: list[Row], logits: torch.Tensor, tokens: list[int]) -> list:
+        """OpenAI logprob entries for the rows that ask (None for the others), from the model's distribution
+        after the penalties and before temperature and filtering (what vLLM reports too)."""
+        out: list = [None] * len(rows)
+        for i, row in enumerate(rows):
+            k = row.request.top_logprobs
+            if k is None:
+                continue
+            logp = torch.log_softmax(logits[i].float(), dim=-1)  # (V,)
+            top = torch.topk(logp, k) if k else None
+            entry = self._entry(tokens[i], float(logp[tokens[i]]))
+            entry["top_logprobs"] = [] if top is None else [
+                self._entry(int(t), float(v)) for v, t in zip(top.values.tolist(), top.indices.tolist())]
+            out[i] = entry
+        return out
+
+    def _entry(self, token: int, logprob: float) -> dict:
+        raw = self.token_bytes()[token] if token < self.vocab_size else None
+        if raw is None:  # special tokens: their name is their text
+            text = self.tokenizer.decode([token], skip_special_tokens=False)
+            raw = text.encode("utf-8")
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": max(logprob, -9999.0),
+                "bytes": list(raw)}
+
+    def _sample(self, rows: list[Row], logits: torch.Tensor) -> tuple[list[int], list]:
+        """logits (B, V) -> one token per row, and the logprob entries of the rows that ask for them.
 
         Rows without state of their own share one batched `sample` call (each with its own params); seeded rows
         draw from their own generator (so a seed gives the same text whatever else is running) and JSON rows are
         masked first, one row at a time.
         """
+        logits = self._penalize(rows, logits)
         own = {i for i, r in enumerate(rows) if r.json is not None or r.generator is not None}
         shared = [i for i in range(len(rows)) if i not in own]
         tokens = [0] * len(rows)
@@ -278,15 +316,15 @@ class Scheduler:
             if row.json is not None:
                 row_logits = row.json.mask(row_logits, row.params.max_new_tokens - row.generated)
             tokens[i] = int(sample(row_logits[None], row.params, row.generator, row.seen)[0])
-        return tokens
+        return tokens, self._logprobs(rows, logits, tokens)
 
-    def _deliver(self, rows: list[Row], tokens: list[int]) -> None:
+    def _deliver(self, rows: list[Row], tokens: list[int], logprobs: list) -> None:
         """Send each request its events for this step; drop rows that finished."""
         by_request: dict[int, tuple[GenRequest, list[Event]]] = {}
-        for row, token in zip(rows, tokens):
+        for row, token, logprob in zip(rows, tokens, logprobs):
             request = row.request
             events = by_request.setdefault(request.id, (request, []))[1]
-            events.extend(row.accept(token))
+            events.extend(row.accept(token, logprob))
             request.completion_tokens += 1
             if row.finish_reason:
                 request.finished_rows += 1

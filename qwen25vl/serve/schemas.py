@@ -1,8 +1,10 @@
 """Request and response bodies of the OpenAI chat-completions API (the subset we serve, plus our vision extensions).
 
-Requests are validated by pydantic; a malformed body becomes a 400 in OpenAI's error shape (see app.py). Extra fields
-are ignored on requests (clients send fields we do not use, such as `user`), except inside content parts, where the
-per-item vision extensions (`min_pixels`, `max_pixels`, `fps`, ...) live beside OpenAI's own fields.
+Requests are validated by pydantic; a malformed body becomes a 400 in OpenAI's error shape (see app.py). A request
+field we do not know or do not implement (`logit_bias`, `audio`, a typo) is a 400 naming it, as OpenAI answers
+unknown arguments: nothing is silently ignored, except fields that do not change the answer (`user`, `store`,
+`metadata`, `service_tier`). Content parts stay lenient: the per-item vision extensions (`min_pixels`, `max_pixels`,
+`fps`, ...) live beside OpenAI's own fields there.
 """
 
 from __future__ import annotations
@@ -72,10 +74,47 @@ class VideoPart(VisionOptions):
 ContentPart = Union[TextPart, ImageURLPart, ImagePart, VideoURLPart, VideoPart]
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str = "{}"  # a JSON string, as OpenAI sends it
+
+
+class ToolCall(_Lenient):
+    id: Optional[str] = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Lenient):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: Union[str, list[ContentPart], None] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None  # an assistant's earlier calls
+    tool_call_id: Optional[str] = None  # a tool message: the call it answers
+
+
+class FunctionDef(_Lenient):
+    name: str = Field(min_length=1)
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ResponseFormat(_Lenient):
@@ -86,7 +125,7 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Lenient):
+class ChatCompletionRequest(_Strict):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Optional[int] = Field(default=None, ge=1)
@@ -102,6 +141,19 @@ class ChatCompletionRequest(_Lenient):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     response_format: Optional[ResponseFormat] = None
+    tools: Optional[list[Tool]] = Field(default=None, max_length=128)
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: Optional[bool] = None  # the model may call several tools either way; False keeps the first
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    min_p: Optional[float] = Field(default=None, ge=0, le=1)  # extension (vLLM's)
+    # accepted and without effect on the answer (OpenAI's bookkeeping fields)
+    user: Optional[str] = None
+    store: Optional[bool] = None
+    metadata: Optional[dict[str, Any]] = None
+    service_tier: Optional[str] = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -119,16 +171,37 @@ class Usage(BaseModel):
     prompt_tokens_details: Optional[dict[str, int]] = None  # {"image_tokens": ..., "video_tokens": ...}
 
 
+class OutToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
+    tool_calls: Optional[list[OutToolCall]] = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = []
+
+
+class ChoiceLogprobs(BaseModel):
+    content: Optional[list[TokenLogprob]] = None
 
 
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: Optional[str]
-    logprobs: None = None
+    logprobs: Optional[ChoiceLogprobs] = None
 
 
 class ChatCompletion(BaseModel):
@@ -141,16 +214,29 @@ class ChatCompletion(BaseModel):
     system_fingerprint: Optional[str] = None
 
 
+class DeltaFunction(BaseModel):
+    name: Optional[str] = None
+    arguments: Optional[str] = None
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: Optional[str] = None
+    type: Optional[Literal["function"]] = None
+    function: DeltaFunction
+
+
 class Delta(BaseModel):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
+    tool_calls: Optional[list[DeltaToolCall]] = None
 
 
 class ChunkChoice(BaseModel):
     index: int
     delta: Delta
     finish_reason: Optional[str] = None
-    logprobs: None = None
+    logprobs: Optional[ChoiceLogprobs] = None
 
 
 class ChatCompletionChunk(BaseModel):

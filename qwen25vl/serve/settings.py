@@ -22,6 +22,8 @@ class Limits:
     max_prompt_tokens: int = 32768  # vision tokens included
     max_tokens: int = 4096  # the most a request may ask to generate per choice
     max_n: int = 16
+    max_media_items: int = 64  # images and videos in one request, counted before any is fetched or decoded
+    max_token_chars: int = 64  # the longest token of the vocabulary, in characters (the app sets it from the tokenizer)
     default_max_tokens: int = 512  # when the request does not say
 
 
