@@ -133,3 +133,97 @@ def test_subprocess_python_m(folder):
     proc = subprocess.run([sys.executable, "-m", "qwen25vl", "run", "--model", "/no/such/folder", "-p", "x"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "/no/such/folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def keep_threads():
+    """--threads sets torch's count for the process: give the next tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_startup_line_names_model_device_dtype_threads_and_memory(folder, capsys, keep_threads):
+    code, out, err = _run(capsys, "run", "--model", folder, "-p", "hi", "--max-new-tokens", "2", "--dtype",
+                          "bfloat16", "--threads", "1", *GREEDY)
+    assert code == 0, err
+    line = next(l for l in err.splitlines() if l.startswith("qwen25vl: cli"))  # the folder's name
+    assert "parameters) on cpu, bfloat16, 1 thread (as asked), weights" in line and line.endswith(" MB")
+    assert torch.get_num_threads() == 1
+
+
+def test_auto_threads_keep_a_tiny_model_on_one_thread(folder, capsys, keep_threads):
+    code, _, err = _run(capsys, "run", "--model", folder, "-p", "hi", "--max-new-tokens", "1", *GREEDY)
+    assert code == 0, err
+    assert "float32, 1 thread (auto: tiny model)" in err
+
+
+@pytest.mark.parametrize("fps", ["0", "-1", "nan", "inf"])
+def test_bad_fps_is_refused_before_loading(folder, media, monkeypatch, capsys, fps):
+    monkeypatch.setattr(qwen25vl.api, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--model", folder, "-p", "when?", "--video", media["video"], "--fps", fps])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--fps" in err and "positive" in err and fps in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_line(folder, capsys):
+    code, _, err = _run(capsys, "run", "--model", folder, "-p", "hi", "--device", "cuda")
+    assert code == 2 and "Traceback" not in err
+    assert "'cuda'" in err and "CUDA is not available" in err
+
+
+def _stream_then_interrupt(real, calls):
+    """A stand-in for the text stream: the first reply yields one piece, then Ctrl-C arrives; later ones run."""
+    def events(gen, tokenizer):
+        calls.append(1)
+        stream = real(gen, tokenizer)
+        if len(calls) == 1:
+            yield next(stream)
+            raise KeyboardInterrupt
+        yield from stream
+    return events
+
+
+def test_chat_ctrl_c_stops_the_reply_and_the_session_goes_on(folder, monkeypatch, capsys):
+    from qwen25vl.generation import generate
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello there\nhello there\n"))
+    code, out, err = _run(capsys, "chat", "--model", folder, "--max-new-tokens", "4", *GREEDY)
+    assert code == 0, err
+    plain = out.splitlines()
+    calls = []
+    monkeypatch.setattr(generate, "_text_events", _stream_then_interrupt(generate._text_events, calls))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello there\nhello there\n"))
+    code, out, err = _run(capsys, "chat", "--model", folder, "--max-new-tokens", "4", *GREEDY)
+    assert code == 0 and "(reply stopped)" in err and "Traceback" not in err
+    assert len(calls) == 2
+    # the stopped turn left no trace in the history: the retry is answered as the first question was
+    assert len(out.splitlines()) == 2 and out.splitlines()[1] == plain[0]
+
+
+class _InterruptedStdin(io.StringIO):
+    def readline(self, *args):
+        raise KeyboardInterrupt
+
+    def isatty(self):
+        return False
+
+
+def test_chat_ctrl_c_or_eof_at_the_prompt_exits_cleanly(folder, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", _InterruptedStdin())
+    code, _, err = _run(capsys, "chat", "--model", folder, "--max-new-tokens", "2")
+    assert code == 130 and "Traceback" not in err
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # Ctrl-D
+    code, out, err = _run(capsys, "chat", "--model", folder, "--max-new-tokens", "2")
+    assert code == 0 and out == ""
+
+
+def test_every_model_command_has_the_runtime_flags():
+    from qwen25vl.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    for name in ("run", "chat", "serve"):
+        flags = {s for a in sub.choices[name]._actions for s in a.option_strings}
+        assert {"--device", "--dtype", "--threads"} <= flags, name

@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 from qwen25vl.errors import InputError
+from qwen25vl.runtime import add_runtime_args, fps_arg, load_from_args
 
-CHAT_HELP = "commands: /image PATH, /video PATH, /reset, /quit (anything else is your message; // escapes a /)"
+CHAT_HELP = ("commands: /image PATH, /video PATH, /reset, /quit (anything else is your message; // escapes a /); "
+             "Ctrl-C stops a reply, Ctrl-C or Ctrl-D at the prompt quits")
 
 
 def register(subparsers) -> None:
@@ -32,9 +34,8 @@ def register(subparsers) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", help="checkpoint folder (default: the embedded tiny model)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--dtype", help="float32 / bfloat16 / float16 (default: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--fps", type=float, help="video frames sampled per second (default 2)")
+    add_runtime_args(p)
+    p.add_argument("--fps", type=fps_arg, help="video frames sampled per second (default 2)")
     p.add_argument("--max-pixels", type=int, help="per image / video frame pixel budget")
     p.add_argument("--max-new-tokens", type=int, help="default: the checkpoint's generation_config, else 256")
     p.add_argument("--temperature", type=float, help="0 = greedy (default: the checkpoint's generation_config)")
@@ -56,13 +57,8 @@ def _sampling(args) -> dict:
 
 
 def _load(args):
-    from qwen25vl.generation.paths import model_path
-
-    model_path(args.model)  # a missing / bad folder fails here, before the slow imports (torch, the model)
-    from qwen25vl.api import load
-
     print(f"loading {args.model or 'embedded tiny model'} ...", file=sys.stderr)
-    return load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    return load_from_args(args, compile=args.compile)
 
 
 def _check_file(kind: str, path: str) -> str:
@@ -83,7 +79,7 @@ def _image_part(path: str, args) -> dict:
 
 def _video_part(path: str, args) -> dict:
     part = {"type": "video", "video": _check_file("video", path)}
-    if args.fps:
+    if args.fps is not None:
         part["fps"] = args.fps
     if args.max_pixels:
         part["max_pixels"] = args.max_pixels
@@ -150,46 +146,73 @@ def cmd_run(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    sampling = _sampling(args)
-    vlm = _load(args)
+    """The REPL. Ctrl-C during a reply stops it (the turn is dropped, the session goes on); Ctrl-C at the prompt
+    exits with 130, end of input (Ctrl-D) or /quit with 0."""
+    session = _ChatSession(_load(args), args)
     interactive = sys.stdin.isatty()
     print(CHAT_HELP, file=sys.stderr)
-    history: list[dict] = []
-    attachments: list[dict] = []
     while True:
-        if interactive:
-            print("> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:
-            break
-        line = line.strip()
-        if not line:
-            continue
+        try:
+            if interactive:
+                print("> ", end="", flush=True)
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            print(file=sys.stderr)  # end the prompt's line
+            return 130
+        if not line or not session.handle(line.strip()):
+            return 0
+
+
+class _ChatSession:
+    """One conversation: its history, the attachments waiting for the next message, the sampling flags."""
+
+    def __init__(self, vlm, args):
+        self.vlm, self.args, self.sampling = vlm, args, _sampling(args)
+        self.history: list[dict] = []
+        self.attachments: list[dict] = []
+
+    def handle(self, line: str) -> bool:
+        """Act on one input line; False to quit. A bad attachment or command costs the turn, not the session."""
         command, _, rest = line.partition(" ")
         try:
-            if command == "/quit":
-                break
-            if command == "/reset":
-                history, attachments = [], []
-                print("(conversation cleared)", file=sys.stderr)
-                continue
-            if command in ("/image", "/video"):
-                if not rest.strip():
-                    raise InputError(f"{command} needs a file path")
-                make = _image_part if command == "/image" else _video_part
-                attachments.append(make(rest.strip(), args))
-                print(f"(attached {rest.strip()})", file=sys.stderr)
-                continue
-            if line.startswith("//"):  # a message that starts with a slash
-                line = line[1:]
-            elif command.startswith("/"):
-                raise InputError(f"unknown command {command!r}; {CHAT_HELP}")
-            turn = {"role": "user", "content": attachments + [{"type": "text", "text": line}]}
-            text, _ = _answer(vlm, history + [turn], sampling)
-            print()
-            history += [turn, {"role": "assistant", "content": text}]
-            attachments = []
-        except InputError as err:  # a bad attachment or command costs the turn, not the session
+            return self._dispatch(line, command, rest.strip())
+        except InputError as err:
             print(f"qwen25vl: error: {err}", file=sys.stderr)
-            attachments = [] if command not in ("/image", "/video") else attachments
-    return 0
+            if command not in ("/image", "/video"):
+                self.attachments = []
+            return True
+
+    def _dispatch(self, line: str, command: str, rest: str) -> bool:
+        if not line:
+            return True
+        if command == "/quit":
+            return False
+        if command == "/reset":
+            self.history, self.attachments = [], []
+            print("(conversation cleared)", file=sys.stderr)
+        elif command in ("/image", "/video"):
+            self._attach(command, rest)
+        elif command.startswith("/") and not line.startswith("//"):
+            raise InputError(f"unknown command {command!r}; {CHAT_HELP}")
+        else:
+            self._reply(line[1:] if line.startswith("//") else line)  # // escapes a leading slash
+        return True
+
+    def _attach(self, command: str, path: str) -> None:
+        if not path:
+            raise InputError(f"{command} needs a file path")
+        make = _image_part if command == "/image" else _video_part
+        self.attachments.append(make(path, self.args))
+        print(f"(attached {path})", file=sys.stderr)
+
+    def _reply(self, text: str) -> None:
+        turn = {"role": "user", "content": self.attachments + [{"type": "text", "text": text}]}
+        try:
+            answer, _ = _answer(self.vlm, self.history + [turn], self.sampling)
+        except KeyboardInterrupt:  # the reply is dropped; its attachments wait for the next message
+            print()  # end the partial answer's line
+            print("(reply stopped)", file=sys.stderr)
+            return
+        print()
+        self.history += [turn, {"role": "assistant", "content": answer}]
+        self.attachments = []
