@@ -13,6 +13,18 @@ def register(subparsers) -> None:
     _common(pretrain)
     sft = sub.add_parser("sft", help="supervised fine-tuning with the ViT frozen")
     _common(sft)
+    plan = sub.add_parser("plan", help="per-rank memory of a recipe, before anything runs")
+    plan.add_argument("--stage", type=int, choices=(1, 2, 3), help="a pretraining stage (default: sft)")
+    plan.add_argument("--model", "-m", help="HF folder whose config.json is planned")
+    plan.add_argument("--preset", help="a config preset instead: 3b, 7b, 72b, tiny")
+    plan.add_argument("--world-size", type=int, default=1)
+    plan.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    plan.add_argument("--tokens", type=int, help="pack size (default: the recipe's budget)")
+    plan.add_argument("--vision-share", type=float, default=0.5, help="share of a pack's tokens that are image tokens")
+    plan.add_argument("--checkpoint-vision", action="store_true", default=None)
+    plan.add_argument("--checkpoint-llm", action="store_true", default=None)
+    plan.add_argument("--memory-gib", type=float, help="also print the largest pack that fits this memory per rank")
+    plan.set_defaults(func=cmd_plan)
 
 
 def _common(p) -> None:
@@ -56,4 +68,29 @@ def cmd_train(args) -> int:
 
     train(recipe_of(args), data=args.data, out=args.out, model=args.model, preset=args.preset, device=args.device,
           resume=not args.no_resume, max_pixels=args.max_pixels, die_after_step=args.die_after_step)
+    return 0
+
+
+def cmd_plan(args) -> int:
+    import torch
+
+    from qwen25vl.config import Qwen25VLConfig
+    from qwen25vl.errors import ConfigError
+    from qwen25vl.recipes.stages import PRETRAIN, SFT
+    from qwen25vl.train.plan import activation_costs, largest_pack, plan_memory
+
+    if (args.model is None) == (args.preset is None):
+        raise ConfigError("give exactly one of --model FOLDER or --preset NAME")
+    config = Qwen25VLConfig.from_pretrained(args.model) if args.model else Qwen25VLConfig.preset(args.preset)
+    recipe = (PRETRAIN[args.stage] if args.stage else SFT).replace(
+        checkpoint_vision=args.checkpoint_vision, checkpoint_llm=args.checkpoint_llm)
+    dtype = getattr(torch, args.dtype)
+    costs = activation_costs(config, recipe.train, dtype=dtype)
+    options = dict(vision_share=args.vision_share, world_size=args.world_size, dtype=dtype, costs=costs)
+    print(f"{recipe.name}, world size {args.world_size}, {args.dtype}")
+    print(plan_memory(config, recipe, tokens=args.tokens, **options).table())
+    if args.memory_gib:
+        tokens = largest_pack(config, recipe, int(args.memory_gib * 2**30), **options)
+        print(f"largest pack within {args.memory_gib:g} GiB per rank: {tokens} tokens"
+              + ("" if tokens else " (none fits: shard over more ranks or turn on activation checkpointing)"))
     return 0

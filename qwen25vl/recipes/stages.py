@@ -46,7 +46,7 @@ PRETRAIN = {
     1: Recipe("pretrain-stage1", train={"vision": True, "merger": True, "llm": False},
               lr={"vision": 2e-4, "merger": 2e-4}),
     2: Recipe("pretrain-stage2"),
-    3: Recipe("pretrain-stage3", budget=LONG_BUDGET, checkpoint_llm=True),
+    3: Recipe("pretrain-stage3", budget=LONG_BUDGET, checkpoint_vision=True, checkpoint_llm=True),
 }
 SFT = Recipe("sft", train={"vision": False, "merger": True, "llm": True}, lr={"merger": 2e-5, "llm": 1e-5},
              warmup=20, weight_decay=0.0)

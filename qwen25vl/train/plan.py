@@ -1,0 +1,169 @@
+"""Memory planner: the per-rank memory of a recipe before anything runs (`qwen25vl train plan`).
+
+    parameters   P x bytes / world              (FSDP shards every parameter)
+    gathered     2 x the largest FSDP unit      (one unit unsharded for compute, the next one prefetched)
+    gradients    trainable x 4 / world          (fp32)
+    optimizer    trainable x 8 / world          (AdamW's two fp32 moments)
+    activations  per token (LLM layers) and per patch (ViT blocks), measured on a one-layer probe of the real widths
+    loss         chunk x vocab x 4 x 3 (logits, shifted, probabilities) + the head's fp32 gradient (vocab x hidden x 4)
+
+Activations are measured, not derived: a probe with one decoder layer (and one ViT block) at the config's widths runs
+a packed forward on `probe_tokens` tokens under `saved_tensors_hooks`, which sees every tensor autograd keeps for
+backward; bytes / token times the depth is the stack's cost (with activation checkpointing: one layer's input per
+layer, plus one layer's full set during its recomputation). Parameters saved for backward are not counted twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from qwen25vl.train.losses import DEFAULT_CHUNK
+from qwen25vl.train.optim import module_of
+
+GIB = 1024 ** 3
+
+
+@dataclass
+class MemoryPlan:
+    parameters: int
+    gathered: int
+    gradients: int
+    optimizer: int
+    activations: int
+    loss: int
+    tokens: int
+    patches: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gathered + self.gradients + self.optimizer + self.activations + self.loss
+
+    def table(self) -> str:
+        rows = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in ("tokens", "patches")]
+        lines = [f"pack of {self.tokens} tokens ({self.patches} ViT patches), per rank:"]
+        lines += [f"  {name:<12} {value / GIB:8.2f} GiB" for name, value in rows]
+        lines.append(f"  {'total':<12} {self.total / GIB:8.2f} GiB")
+        return "\n".join(lines)
+
+
+def saved_bytes(fn, exclude=()) -> int:
+    """Bytes of the distinct storages autograd saves while `fn()` runs (excluding the tensors in `exclude`)."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def _built(make, trainable: bool, dtype):
+    """A module of the real widths with arbitrary values (memory, not numbers, is measured)."""
+    with torch.device("meta"):
+        module = make()
+    module = module.to_empty(device="cpu").to(dtype)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(std=0.02) if p.ndim >= 2 else p.fill_(1.0)
+            p.requires_grad_(trainable)
+    return module
+
+
+def activation_costs(config, train: dict, *, probe_tokens: int = 256, dtype=torch.float32) -> dict:
+    """Bytes autograd keeps per token of one decoder layer, per patch of one ViT block and per patch of the tower's
+    fixed part (patch embedding, merger), measured on probes of the real widths."""
+    from qwen25vl.model.attention import VarlenPlan
+    from qwen25vl.model.text import AttnSpec, DecoderLayer, mrope_cos_sin
+    from qwen25vl.model.vision import VisionTransformer
+
+    tc, vc = config.text, config.vision
+    upstream = train.get("vision", True) or train.get("merger", True)
+    layer = _built(lambda: DecoderLayer(tc), train.get("llm", True), dtype)
+    hidden = torch.randn(1, probe_tokens, tc.hidden_size, dtype=dtype, requires_grad=upstream)
+    positions = torch.arange(probe_tokens).expand(3, 1, -1)
+    cos, sin = mrope_cos_sin(positions, tc.head_dim, tc.rope_theta, tc.mrope_section, dtype)
+    spec = AttnSpec(plan=VarlenPlan.build([0, probe_tokens]))
+    per_token = saved_bytes(lambda: layer(hidden, cos, sin, spec, 0), list(layer.parameters())) / probe_tokens
+    side = 16  # a 16 x 16-patch image: 2 x 2 windows of the real window size
+    grid = torch.tensor([[1, side, side]])
+    pixels = torch.randn(side * side, vc.in_chans * vc.temporal_patch_size * vc.patch_size ** 2, dtype=dtype)
+    tower = []
+    for depth in (1, 2):
+        cfg = dataclasses.replace(vc, depth=depth, fullatt_block_indexes=())
+        visual = _built(lambda: VisionTransformer(cfg), train.get("vision", True), dtype)
+        visual.merger.requires_grad_(bool(train.get("merger", True)))
+        tower.append(saved_bytes(lambda: visual(pixels, grid), list(visual.parameters())) / (side * side))
+    return {"llm_per_token": per_token, "vision_per_patch": tower[1] - tower[0],
+            "vision_fixed_per_patch": 2 * tower[0] - tower[1],
+            "hidden_bytes": tc.hidden_size * _size(dtype), "vision_hidden_bytes": vc.hidden_size * _size(dtype)}
+
+
+def _size(dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def parameter_counts(config, train: dict) -> dict:
+    """(total, trainable, largest FSDP unit) parameter counts, built on the meta device."""
+    from qwen25vl.model.vlm import Qwen25VL
+
+    with torch.device("meta"):
+        model = Qwen25VL(config)
+    total = trainable = 0
+    for name, p in model.named_parameters():
+        total += p.numel()
+        if train.get(module_of(name), True):
+            trainable += p.numel()
+    units = [sum(p.numel() for p in m.parameters()) for m in (*model.visual.blocks, *model.model.layers)]
+    root = total - sum(units)
+    return {"total": total, "trainable": trainable, "largest_unit": max(units + [root]), "root": root}
+
+
+def plan_memory(config, recipe, *, tokens: int | None = None, vision_share: float = 0.5, world_size: int = 1,
+                dtype=torch.float32, costs: dict | None = None, counts: dict | None = None) -> MemoryPlan:
+    """Per-rank bytes of one micro-batch (a pack of `tokens`, `vision_share` of them image tokens)."""
+    tokens = tokens or recipe.budget
+    patches = int(tokens * vision_share) * config.vision.spatial_merge_size ** 2
+    costs = costs or activation_costs(config, recipe.train, dtype=dtype)
+    counts = counts or parameter_counts(config, recipe.train)
+    width = _size(dtype)
+    params = counts["total"] * width // world_size
+    gathered = 2 * counts["largest_unit"] * width if world_size > 1 else 0
+    grads = counts["trainable"] * 4 // world_size
+    optim = counts["trainable"] * 8 // world_size
+    layers, depth = config.text.num_hidden_layers, config.vision.depth
+    if recipe.checkpoint_llm:
+        llm = layers * tokens * costs["hidden_bytes"] + tokens * costs["llm_per_token"]
+    else:
+        llm = layers * tokens * costs["llm_per_token"]
+    vision = 0.0
+    if recipe.train.get("vision", True) and patches:
+        if recipe.checkpoint_vision:
+            vision = depth * patches * costs["vision_hidden_bytes"] + patches * costs["vision_per_patch"]
+        else:
+            vision = depth * patches * costs["vision_per_patch"]
+        vision += patches * costs["vision_fixed_per_patch"]
+    vocab, hidden = config.text.vocab_size, config.text.hidden_size
+    supervised = min(tokens, DEFAULT_CHUNK)
+    # one chunk's logits, logits - lse and exp(...) at once; the head's fp32 gradient; the hidden states' gradient
+    loss = 3 * supervised * vocab * 4 + vocab * hidden * 4 + tokens * hidden * width
+    return MemoryPlan(params, gathered, grads, optim, int(llm + vision), loss, tokens, patches)
+
+
+def largest_pack(config, recipe, memory_bytes: int, **kwargs) -> int:
+    """The largest pack (tokens, a multiple of 256) whose plan fits `memory_bytes`; 0 if none does."""
+    costs = kwargs.pop("costs", None) or activation_costs(config, recipe.train, dtype=kwargs.get("dtype", torch.float32))
+    counts = kwargs.pop("counts", None) or parameter_counts(config, recipe.train)
+    lo, hi = 0, 1 << 22
+    while hi - lo > 256:
+        mid = (lo + hi) // 2 // 256 * 256
+        fits = plan_memory(config, recipe, tokens=mid, costs=costs, counts=counts, **kwargs).total <= memory_bytes
+        lo, hi = (mid, hi) if fits else (lo, mid)
+    return lo
