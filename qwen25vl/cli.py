@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "qwen25vl.processing.cli",  # tokenizer from-tiktoken
     "qwen25vl.tasks.cli",  # ground, parse-doc, video-find, act
     "qwen25vl.serve.cli",  # serve
+    "qwen25vl.plan",  # plan
     "qwen25vl.data.cli",  # data convert
     "qwen25vl.recipes.cli",  # train pretrain / sft
 )

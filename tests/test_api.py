@@ -106,3 +106,49 @@ def test_load_errors_name_the_path(tmp_path):
     if not (EMBEDDED_MODEL_DIR / "config.json").exists():
         with pytest.raises(InputError, match=NO_EMBEDDED_MODEL):
             qwen25vl.load()
+
+
+@pytest.mark.parametrize("device", ["mps", "xpu", "meta"])
+def test_devices_we_do_not_run_on_are_input_errors(folder, device):
+    with pytest.raises(InputError, match=f"device '{device}' is not supported"):
+        qwen25vl.load(folder, device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_cpu_only_torch_is_an_input_error(folder):
+    for device in ("cuda", "cuda:0", torch.device("cuda", 1)):
+        with pytest.raises(InputError, match="CUDA is not available"):
+            qwen25vl.load(folder, device=device)
+
+
+def test_auto_dtype_on_cpu_follows_the_checkpoint_and_the_cpu(monkeypatch):
+    from qwen25vl import api
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(api, "cpu_has_bf16", lambda: True)
+    assert resolve_device_dtype("cpu", "auto", stored="bfloat16") == (cpu, torch.bfloat16)  # as released, natively
+    assert resolve_device_dtype("cpu", None, stored="float32") == (cpu, torch.float32)  # tiny test checkpoints
+    assert resolve_device_dtype("cpu", None, stored=None) == (cpu, torch.float32)
+    assert resolve_device_dtype("cpu", "float32", stored="bfloat16") == (cpu, torch.float32)  # asked for
+    monkeypatch.setattr(api, "cpu_has_bf16", lambda: False)  # emulated bf16 would be slow: keep fp32
+    assert resolve_device_dtype("cpu", "auto", stored="bfloat16") == (cpu, torch.float32)
+    with pytest.raises(InputError, match="int8"):
+        resolve_device_dtype("cpu", torch.int8)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, "two", True])
+def test_bad_thread_counts_are_input_errors(folder, threads):
+    with pytest.raises(InputError, match="threads"):
+        qwen25vl.load(folder, threads=threads)
+
+
+def test_threads_are_set_as_asked_and_kept_when_not_given(folder):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert qwen25vl.load(folder).threads_reason is None and torch.get_num_threads() == 2
+        vlm = qwen25vl.load(folder, threads=1)
+        assert torch.get_num_threads() == 1 and vlm.threads_reason == "as asked"
+        assert qwen25vl.load(folder, threads="auto").threads_reason == "auto: tiny model"
+    finally:
+        torch.set_num_threads(before)
