@@ -173,3 +173,20 @@ def test_missing_media_names_the_record(tiny):
         {"role": "assistant", "content": "x"}]}, root=folder, where="t.jsonl:9")
     with pytest.raises(InputError, match="t.jsonl:9.*content\\[0\\]"):
         encoder(record)
+
+
+def test_per_item_pixel_budget_wins_over_the_default(tiny):
+    encoder, _, _, folder = tiny
+    write_image(folder / "g" / "big.png", 224, 224, random.Random(2))
+    part = {"type": "image", "image": "big.png"}
+    make = lambda p: parse_record({"messages": [{"role": "user", "content": [p]},  # noqa: E731
+                                                {"role": "assistant", "content": "x"}]}, root=folder / "g")
+    small = Encoder(encoder.tokenizer, encoder.config, encoder.image_config, max_pixels=112 * 112)
+    assert small(make(part)).image_grid_thw.tolist() == [[1, 8, 8]]
+    assert small(make({**part, "max_pixels": 224 * 224})).image_grid_thw.tolist() == [[1, 16, 16]]
+    assert encoder(make({**part, "max_pixels": 56 * 56})).image_grid_thw.tolist() == [[1, 4, 4]]
+
+
+def test_collate_rejects_an_empty_pack():
+    with pytest.raises(InputError, match="empty pack"):
+        collate_pack([])

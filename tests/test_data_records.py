@@ -108,3 +108,28 @@ def test_convert_file_json_list_and_cli(tmp_path):
     record = next(read_records(tmp_path / "c.jsonl"))
     assert record.messages[0]["content"][0] == {"type": "image", "image": "a.png", "max_pixels": 9000}
     assert main(["data", "convert", "--from", "llava", str(src), str(tmp_path / "d.jsonl")]) == 2
+
+
+def test_swift_jsonl_through_cli_and_video_tags(tmp_path):
+    src = tmp_path / "swift.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "<video>when?"},
+                                            {"role": "assistant", "content": "at 3 s"}],
+                               "videos": ["v.mp4"]}) + "\n")
+    assert main(["data", "convert", "--from", "swift", str(src), str(tmp_path / "o.jsonl"), "--fps", "1"]) == 0
+    record = next(read_records(tmp_path / "o.jsonl"))
+    assert record.messages[0]["content"][0] == {"type": "video", "video": "v.mp4", "fps": 1.0}
+    assert record.chosen is None
+
+
+def test_tool_call_answers_and_video_window_validation():
+    call = {"messages": [{"role": "user", "content": "weather?"},
+                         {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "w"}}]}]}
+    assert parse_record(call).messages[1]["tool_calls"]
+    bad = json.loads(json.dumps(GOOD))
+    bad["messages"][0]["content"][1]["video_start"] = -1
+    with pytest.raises(InputError, match="video_start"):
+        parse_record(bad, where="x:3")
+    bad = json.loads(json.dumps(GOOD))
+    bad["messages"][1]["content"] = [{"type": "image", "image": "a.png"}]
+    with pytest.raises(InputError, match="assistant message cannot hold a image"):
+        parse_record(bad)

@@ -76,3 +76,23 @@ def test_stage1_export_loads_here_and_in_transformers(tmp_path, data):
     with torch.no_grad():
         diff = (ref(input_ids=ids).logits - ours(ids).logits).abs().max().item()
     assert diff <= 1e-4
+
+
+def test_incomplete_checkpoint_is_ignored_and_pruning_keeps_last(tmp_path):
+    from qwen25vl.errors import CheckpointError
+    from qwen25vl.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model, optimizer, {"scheduler": {}}, keep=2)
+    (tmp_path / ".tmp-step-00000004").mkdir()  # a write cut short by a kill
+    (tmp_path / "step-00000005").mkdir()  # renamed without its trainer state: never happens, still ignored
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+    saved = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.zero_()
+    state = load_checkpoint(tmp_path / "step-00000003", model, optimizer)
+    assert state["step"] == 3 and torch.equal(model.weight.detach(), saved) and float(saved.abs().sum()) > 0
+    with pytest.raises(CheckpointError, match="not a complete"):
+        load_checkpoint(tmp_path / "step-00000005", model, optimizer)

@@ -125,3 +125,17 @@ def test_activation_checkpointing_same_gradients(samples):
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-5)
 
+
+
+def test_clipping_bounds_the_update_and_reports_the_norm(samples):
+    pack = collate_pack(samples)
+    m = model()
+    loss_fn = PackedLoss(m)
+    before = [p.detach().clone() for p in m.parameters()]
+    optimizer = torch.optim.SGD(loss_fn.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    stats = train_step(loss_fn, optimizer, scheduler, [pack], global_targets=pack.num_targets, max_grad_norm=1e-3)
+    moved = torch.cat([(p.detach() - q).flatten() for p, q in zip(m.parameters(), before)])
+    assert stats["grad_norm"] > 1e-2  # the unclipped norm is reported
+    assert float(moved.norm()) == pytest.approx(1e-3, rel=1e-3)  # SGD lr 1: the update is the clipped gradient
+    assert stats["lr"] == 1.0
