@@ -277,3 +277,30 @@ def test_media_count_and_text_length_are_refused_before_any_work(client, server,
     with pytest.raises(openai.BadRequestError, match="characters"):
         client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": text}], max_tokens=2)
     assert loads == []
+
+
+def test_memory_is_handed_back_after_a_big_request(vlm, monkeypatch):
+    from qwen25vl.serve import app as A
+
+    calls = []
+    monkeypatch.setattr(A, "_release_memory", lambda: calls.append(1))
+    monkeypatch.setattr(A, "_BIG_REQUEST_BYTES", 100_000)  # the test's images stand for big ones
+    with BackgroundServer(create_app(vlm, ServeSettings(model_name=NAME, limits=LIMITS))) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "small"}], max_tokens=2)
+        assert calls == []
+        image = {"type": "image_url", "image_url": {"url": _png_url(), "min_pixels": 56 * 84}}
+        big = [image] * 4  # 4 x 24 patches x 1176 floats: over the lowered threshold
+        client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": big}], max_tokens=2)
+    assert calls == [1]
+
+
+def test_text_that_is_not_unicode_is_a_400(server):
+    import httpx
+
+    body = '{"model": "%s", "max_tokens": 2, "messages": [{"role": "user", "content": "a\\ud800b"}]}' % NAME
+    got = httpx.post(server.url + "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert got.status_code == 400 and "lone surrogate" in got.json()["error"]["message"]
+    ok = httpx.post(server.url + "/v1/chat/completions", content=body.replace("\\ud800", "\\u00e9"),
+                    headers={"Content-Type": "application/json"})
+    assert ok.status_code == 200
