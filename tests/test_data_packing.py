@@ -190,3 +190,23 @@ def test_per_item_pixel_budget_wins_over_the_default(tiny):
 def test_collate_rejects_an_empty_pack():
     with pytest.raises(InputError, match="empty pack"):
         collate_pack([])
+
+
+def test_labels_are_the_next_token_where_the_template_trains(tiny):
+    from qwen25vl.processing.chat_template import render
+
+    encoder, records, samples, _ = tiny
+    text = next(i for i, s in enumerate(samples) if s.vision_end == 0)
+    rendered = render(records[text].messages, tokenizer=encoder.tokenizer)
+    ids, mask = torch.tensor(rendered.input_ids), torch.tensor(rendered.loss_mask, dtype=torch.bool)
+    sample = samples[text]
+    assert torch.equal(sample.input_ids, ids)
+    trained = torch.nonzero(sample.labels != IGNORE).flatten()
+    assert torch.equal(trained + 1, torch.nonzero(mask).flatten())  # position i is trained on token i + 1
+    assert torch.equal(sample.labels[trained], ids[trained + 1])
+    cfg = encoder.config
+    for s in samples:
+        if s.vision_end:
+            assert int(s.input_ids[s.vision_end - 1]) == cfg.vision_end_token_id
+            assert not bool(((s.input_ids[s.vision_end:] == cfg.image_token_id)
+                             | (s.input_ids[s.vision_end:] == cfg.video_token_id)).any())
