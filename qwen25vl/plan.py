@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from qwen25vl.errors import InputError
-from qwen25vl.runtime import DTYPE_CHOICES, fps_arg
+from qwen25vl.runtime import DTYPE_CHOICES, fps_arg, positive_int_arg
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _PIXEL_BYTES = 4  # the processor's pixel rows are float32 whatever the model's dtype
@@ -244,7 +244,7 @@ def register(subparsers) -> None:
     p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image (repeatable)")
     p.add_argument("--video", action="append", default=[], metavar="PATH", help="a video (repeatable)")
     p.add_argument("--prompt", "-p", default="", help="the question's text (default: empty)")
-    p.add_argument("--max-pixels", type=int, help="per image / video frame pixel budget")
+    p.add_argument("--max-pixels", type=positive_int_arg, help="per image / video frame pixel budget")
     p.add_argument("--fps", type=fps_arg, help="video frames sampled per second (default 2)")
     p.add_argument("--max-new-tokens", type=int, help="default: the checkpoint's generation_config, else 256")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="weights' dtype (default: as load picks)")
@@ -256,8 +256,6 @@ def register(subparsers) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.max_new_tokens is not None and args.max_new_tokens < 0:
         raise InputError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if args.max_pixels is not None and args.max_pixels <= 0:
-        raise InputError(f"--max-pixels must be positive, got {args.max_pixels}")
     plan = make_plan(args.model, images=args.image, videos=args.video, prompt=args.prompt,
                      max_pixels=args.max_pixels, fps=args.fps, max_new_tokens=args.max_new_tokens,
                      dtype=args.dtype, device=args.device)

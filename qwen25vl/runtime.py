@@ -141,6 +141,17 @@ def startup_line(vlm, name: str) -> str:
             f"weights {weight_mb:.{1 if weight_mb < 10 else 0}f} MB")
 
 
+def positive_int_arg(text: str) -> int:
+    """argparse type of a count or pixel budget: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
+
+
 def fps_arg(text: str) -> float:
     """argparse type of --fps: a finite positive frame rate (the API rejects the rest; say so before loading)."""
     try:

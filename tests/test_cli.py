@@ -227,3 +227,9 @@ def test_every_model_command_has_the_runtime_flags():
     for name in ("run", "chat", "serve"):
         flags = {s for a in sub.choices[name]._actions for s in a.option_strings}
         assert {"--device", "--dtype", "--threads"} <= flags, name
+
+
+def test_zero_max_pixels_is_refused_not_ignored(folder, media, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--model", folder, "-p", "hi", "--image", media["image"], "--max-pixels", "0"])
+    assert exit_.value.code == 2 and "--max-pixels" in capsys.readouterr().err

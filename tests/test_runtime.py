@@ -7,7 +7,8 @@ import torch
 
 from qwen25vl import runtime
 from qwen25vl.generation.layout import SPLIT_MIN_BYTES
-from qwen25vl.runtime import add_runtime_args, busy_fraction, choose_threads, fps_arg, runtime_from_args
+from qwen25vl.runtime import (add_runtime_args, busy_fraction, choose_threads, fps_arg, positive_int_arg,
+                              runtime_from_args)
 
 BIG = 4 * SPLIT_MIN_BYTES  # a decode product worth splitting
 
@@ -81,3 +82,10 @@ def test_fps_must_be_a_finite_positive_number(text):
 
 def test_fps_accepts_fractions():
     assert fps_arg("0.5") == 0.5 and fps_arg("4") == 4.0
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "1.5", "many"])
+def test_pixel_budgets_and_counts_must_be_positive_whole_numbers(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="positive whole number"):
+        positive_int_arg(text)
+    assert positive_int_arg("200704") == 200704

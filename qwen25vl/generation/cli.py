@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from qwen25vl.errors import InputError
-from qwen25vl.runtime import add_runtime_args, fps_arg, load_from_args
+from qwen25vl.runtime import add_runtime_args, fps_arg, load_from_args, positive_int_arg
 
 CHAT_HELP = ("commands: /image PATH, /video PATH, /reset, /quit (anything else is your message; // escapes a /); "
              "Ctrl-C stops a reply, Ctrl-C or Ctrl-D at the prompt quits")
@@ -36,7 +36,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", help="checkpoint folder (default: the embedded tiny model)")
     add_runtime_args(p)
     p.add_argument("--fps", type=fps_arg, help="video frames sampled per second (default 2)")
-    p.add_argument("--max-pixels", type=int, help="per image / video frame pixel budget")
+    p.add_argument("--max-pixels", type=positive_int_arg, help="per image / video frame pixel budget")
     p.add_argument("--max-new-tokens", type=int, help="default: the checkpoint's generation_config, else 256")
     p.add_argument("--temperature", type=float, help="0 = greedy (default: the checkpoint's generation_config)")
     p.add_argument("--top-p", type=float)
@@ -72,7 +72,7 @@ def _check_file(kind: str, path: str) -> str:
 
 def _image_part(path: str, args) -> dict:
     part = {"type": "image", "image": _check_file("image", path)}
-    if args.max_pixels:
+    if args.max_pixels is not None:
         part["max_pixels"] = args.max_pixels
     return part
 
@@ -81,7 +81,7 @@ def _video_part(path: str, args) -> dict:
     part = {"type": "video", "video": _check_file("video", path)}
     if args.fps is not None:
         part["fps"] = args.fps
-    if args.max_pixels:
+    if args.max_pixels is not None:
         part["max_pixels"] = args.max_pixels
     return part
 
