@@ -239,3 +239,12 @@ def test_exif_orientation_applied():
     top = np.asarray(out)[2, 10]
     assert top[0] > 200 and top[1] < 50  # the red half is now on top
 
+
+
+def test_min_pixels_cannot_upscale_past_the_ceiling():
+    from qwen25vl.processing.image import MAX_RESIZED_PIXELS
+
+    tiny = np.zeros((30, 40, 3), np.uint8)
+    with pytest.raises(InputError, match=rf"over the ceiling of {MAX_RESIZED_PIXELS}"):
+        process_image(tiny, min_pixels=10**9, max_pixels=2 * 10**9)  # 1e9 px: 24 GB of pixel_values
+    assert process_image(tiny, min_pixels=28 * 28 * 100, max_pixels=10**9).num_tokens >= 100  # upscaling itself works

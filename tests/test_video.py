@@ -406,3 +406,15 @@ def test_sampling_options_are_checked(tmp_path, key, value, match):
     frames = [_frame(i, 64, 48) for i in range(4)]
     with pytest.raises(InputError, match=match):
         process_video(frames, **{"fps": 1.0, key: value})
+
+
+def test_min_pixels_cannot_upscale_past_the_output_ceiling(tmp_path):
+    from qwen25vl.processing.video import MAX_VIDEO_OUTPUT_PIXELS
+
+    frames = [_frame(i, 64, 48) for i in range(6)]
+    path = _encode(tmp_path / "v.mp4", 12, 4)
+    for source in (frames, str(path)):
+        with pytest.raises(InputError, match=rf"over the ceiling of {MAX_VIDEO_OUTPUT_PIXELS}.*lower min_pixels"):
+            process_video(source, fps=2.0, min_pixels=10**9)
+    # just under it still works: 4 frames of (ceiling / 4) pixels each would be allowed
+    assert process_video(frames[:2], fps=2.0, min_pixels=28 * 28 * 64).grid_thw[0] == 1

@@ -40,6 +40,9 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_MIN_PIXELS = 56 * 56  # the official preprocessor_config.json values (not transformers' class default max)
 DEFAULT_MAX_PIXELS = 28 * 28 * 16384
+# The most an image may be resized to, whatever min_pixels / max_pixels ask (65,536 tokens: 1.2 GB of pixel_values,
+# 24 bytes a pixel); a min_pixels of 1e9 would otherwise upscale a thumbnail into tens of GB
+MAX_RESIZED_PIXELS = 4 * DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,9 @@ def patchify_normalize(frames: np.ndarray, config: ImageProcessorConfig = DEFAUL
 def _resize_and_pack(image: Image.Image, min_pixels: int, max_pixels: int, config: ImageProcessorConfig) -> ProcessedImage:
     width, height = image.size
     rh, rw = smart_resize(height, width, config.factor, min_pixels, max_pixels)
+    if rh * rw > MAX_RESIZED_PIXELS:
+        raise InputError(f"resized to {rw}x{rh} = {rw * rh} pixels, over the ceiling of {MAX_RESIZED_PIXELS} "
+                         f"(min_pixels {min_pixels}, max_pixels {max_pixels}): lower them")
     resized = image.resize((rw, rh), Image.Resampling.BICUBIC)  # PIL releases the GIL here
     pixels = patchify_normalize(np.asarray(resized)[None], config)
     grid = (1, rh // config.patch_size, rw // config.patch_size)

@@ -54,6 +54,9 @@ FRAME_FACTOR = 2
 VIDEO_MIN_PIXELS = 128 * 28 * 28
 VIDEO_MAX_PIXELS = 768 * 28 * 28
 VIDEO_TOTAL_PIXELS = int(128000 * 28 * 28 * 0.9)  # qwen-vl-utils reads it from the (misnamed) VIDEO_MAX_PIXELS env var
+# The most a video's resized frames may hold together, whatever min_pixels / total_pixels ask (2.2 GB of
+# pixel_values at 12 bytes a frame pixel): min_pixels wins over the total budget in qwen-vl-utils' rule
+MAX_VIDEO_OUTPUT_PIXELS = 2 * VIDEO_TOTAL_PIXELS
 
 Progress = Callable[[int, int], None]
 
@@ -165,11 +168,19 @@ def resize_frames(frames: np.ndarray, height: int, width: int, out: np.ndarray |
     return out
 
 
-def _frame_size(height: int, width: int, lo, hi, config: ImageProcessorConfig, name: str) -> tuple[int, int]:
+def _frame_size(height: int, width: int, lo, hi, config: ImageProcessorConfig, name: str,
+                nframes: int) -> tuple[int, int]:
+    """The resized frame size, checked (with `nframes` frames, padded to the temporal patch) against
+    MAX_VIDEO_OUTPUT_PIXELS before anything is allocated."""
     try:
-        return smart_resize(height, width, config.factor, lo, hi)
+        rh, rw = smart_resize(height, width, config.factor, lo, hi)
     except InputError as e:
         raise InputError(f"{name}: {e}") from None
+    total = _ceil_by(nframes, config.temporal_patch_size) * rh * rw
+    if total > MAX_VIDEO_OUTPUT_PIXELS:
+        raise InputError(f"{name}: {nframes} frames of {rw}x{rh} = {total} pixels, over the ceiling of "
+                         f"{MAX_VIDEO_OUTPUT_PIXELS} (min_pixels {lo}, max_pixels {int(hi)}): lower min_pixels")
+    return rh, rw
 
 
 def _finish(frames: np.ndarray, indices: list[int], sampled_fps: float, video_fps: float, total: int,
@@ -256,7 +267,7 @@ def _decode_video(video, indices: list[int], sampled_fps: float, pixel_limits, p
     """Decode the sampled frames, resizing and normalising them group by group straight into pixel_values."""
     lo, hi = frame_pixel_limits(len(indices), *pixel_limits)
     width, height = video.size
-    rh, rw = _frame_size(height, width, lo, hi, config, video.name)
+    rh, rw = _frame_size(height, width, lo, hi, config, video.name, len(indices))
     n, tp = len(indices), config.temporal_patch_size
     group_rows = (rh // config.patch_size) * (rw // config.patch_size)
     # np.empty: numpy asks for huge pages on large buffers (first writes cheaper); filled group by group below
@@ -377,7 +388,7 @@ def _process_frame_list(frames: Sequence[Any], indices: list[int], sampled_fps: 
             raise InputError(f"video frame {i}: {e}") from None
         if out is None:
             size = image.size
-            rh, rw = _frame_size(size[1], size[0], lo, hi, config, name)
+            rh, rw = _frame_size(size[1], size[0], lo, hi, config, name, len(indices))
             out = np.empty((len(indices), rh, rw, 3), dtype=np.uint8)
         elif image.size != size:
             raise InputError(f"video frame {i} {describe(frames[i])}: size {image.size} differs from the first "

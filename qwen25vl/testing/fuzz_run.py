@@ -160,9 +160,10 @@ def _as_url(source, mime: str):
 def worker(seed: int, workdir: Path, server: bool) -> None:
     """Answer one JSON line per index read from stdin."""
     from qwen25vl.errors import Qwen25VLError
-    from qwen25vl.testing.fuzz import make_case
+    from qwen25vl.testing.fuzz import make_case, warm_templates
 
     target = (_server_target if server else _processor_target)(workdir)
+    warm_templates()
     print("ready", flush=True)
     for line in sys.stdin:
         index = int(line)
