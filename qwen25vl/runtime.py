@@ -25,15 +25,7 @@ _IDLE_SAMPLE_S = 0.1
 
 
 def _threads_arg(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number or 'auto', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return text if text == "auto" else positive_int_arg(text)
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, *, device_help: str | None = None) -> None:
