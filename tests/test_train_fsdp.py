@@ -1,5 +1,6 @@
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -9,7 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qwen25vl.data.toy import write_toy_dataset
+from qwen25vl.data.encoding import Encoder
+from qwen25vl.data.loader import PackLoader
+from qwen25vl.data.records import iter_records
+from qwen25vl.data.toy import WORDS, toy_records
+from qwen25vl.testing.checkpoint import make_tiny_checkpoint
 from qwen25vl.recipes.run import train
 from qwen25vl.recipes.stages import SFT
 
@@ -23,14 +28,36 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--steps", "4", "--packs-per-step", "2", "--budget", "512", "--save-every", "2", "--warmup", "1",
+ARGS = ["--steps", "4", "--packs-per-step", "2", "--budget", "400", "--save-every", "2", "--warmup", "1",
         "--lr", "1e-3", "--lr-merger", "1e-3"]
-RECIPE = SFT.replace(steps=4, packs_per_step=2, budget=512, save_every=2, warmup=1,
+RECIPE = SFT.replace(steps=4, packs_per_step=2, budget=400, save_every=2, warmup=1,
                      lr={"merger": 1e-3, "llm": 1e-3})
 
 
+def _dataset(folder: Path) -> Path:
+    """The toy mix plus long text-only answers that fill a pack alone: some steps deal one rank a pack without any
+    image or video while the other rank's has some (the case that hangs FSDP without the ViT dummy)."""
+    rng = random.Random(5)
+    records = toy_records(folder, 12) + [
+        {"messages": [{"role": "user", "content": "tell"},
+                      {"role": "assistant", "content": " ".join(rng.choice(WORDS) for _ in range(120))}]}
+        for _ in range(4)]
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    encoder = Encoder.from_pretrained(make_tiny_checkpoint(folder / "ckpt"))
+    loader = PackLoader(list(iter_records(path)), encoder, budget=RECIPE.budget, packs_per_step=2, world_size=2)
+    packs = loader.packs(0)
+    media = [any(isinstance(m["content"], list) and any(p["type"] != "text" for p in m["content"])
+                 for m in loader.records[i].messages) for i in range(len(loader.records))]
+    mixed = [step for step in range(RECIPE.steps)
+             if len({any(media[i] for i in ranks[0]) for ranks in loader.deal(packs[2 * step:2 * step + 2])}) == 2]
+    assert mixed, "the data must give one rank a text-only pack in some step"
+    return path
+
+
 def test_two_process_fsdp_equals_one_process_and_resumes_on_one(tmp_path):
-    data = write_toy_dataset(tmp_path / "toy", 12)
+    (tmp_path / "toy").mkdir()
+    data = _dataset(tmp_path / "toy")
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "qwen25vl", "train", "sft", "--preset", "tiny",
