@@ -50,7 +50,7 @@ def test_clamp_uses_the_resized_size_not_the_original():
 
 @pytest.mark.parametrize("size", [(0, 10), (10, 0), (-1, 5), (5, -1)])
 def test_sizes_must_be_positive_on_each_axis(size):
-    with pytest.raises(InputError, match="original_size must be positive"):
+    with pytest.raises(InputError, match="^original_size must be positive"):
         Frame(size, (28, 28))
     with pytest.raises(InputError, match="resized_size must be positive"):
         Frame((28, 28), size)
@@ -60,6 +60,11 @@ def test_sizes_must_be_positive_on_each_axis(size):
 def test_sizes_must_be_two_numbers(bad):
     with pytest.raises(InputError, match=r"original_size must be \(width, height\)"):
         Frame(bad, (28, 28))
+
+
+def test_one_pixel_sizes_are_valid():
+    assert Frame((1, 1), (1, 1)).scale == (1.0, 1.0)
+    assert Frame((1, 7), (7, 1)).scale == (1 / 7, 7.0)
 
 
 def test_sizes_become_int_tuples():
@@ -76,7 +81,7 @@ def test_resized_size_is_width_height_from_smart_resize():
     assert resized_size_for((1000, 300), max_pixels=28 * 28 * 20) == (224, 56)
     assert resized_size_for((20, 30), min_pixels=28 * 28 * 30) == (140, 196)  # grown to the floor
     assert resized_size_for((1000, 300), factor=14, max_pixels=14 * 14 * 100) == (252, 70)  # 28: (252, 56)
-    with pytest.raises(InputError, match="original_size"):
+    with pytest.raises(InputError, match=r"^original_size must be positive, got \(0, 3\)$"):
         resized_size_for((0, 3))
 
 
@@ -93,9 +98,9 @@ def test_as_frame_from_each_source():
     assert as_frame(original_size=(20, 30), min_pixels=28 * 28 * 30).resized_size == (140, 196)
     assert as_frame(original_size=(1000, 300), factor=14, max_pixels=14 * 14 * 100).resized_size == (252, 70)
     assert as_frame(original_size=(1000, 300)).resized_size == resized_size_for((1000, 300))
-    with pytest.raises(InputError, match="frame must be a Frame or ResizeInfo, got str"):
+    with pytest.raises(InputError, match="^frame must be a Frame or ResizeInfo, got str$"):
         as_frame("1000x300")
-    with pytest.raises(InputError, match="needs a ResizeInfo or original_size"):
+    with pytest.raises(InputError, match="^a coordinate frame needs a ResizeInfo or original_size$"):
         as_frame(resized_size=(28, 28))
 
 
@@ -111,6 +116,9 @@ def test_as_frame_from_each_source():
     ((0, 0, 1, 1), (0, 1, 1, 2), 0.0),
     ((0, 0, 1, 1), (3, 3, 4, 4), 0.0),  # apart: the negative overlap counts as 0
     ((0, 0, 0, 0), (0, 0, 0, 0), 0.0),  # both empty: no union, 0 rather than a division by zero
+    ((0, 0, 0.5, 10), (0, 0, 10, 10), 5 / 100),  # sub-pixel widths and heights count as they are
+    ((0, 0, 10, 0.5), (0, 0, 10, 10), 5 / 100),
+    ((0, 0, 0.5, 0.5), (0, 0, 0.5, 0.5), 1.0),  # a union under one pixel is still a union
     ((10, 10, 0, 0), (0, 0, 10, 10), 0.0),  # an inverted box has no area (not (-10) * (-10))
     ((0, 10, 10, 0), (0, 0, 10, 10), 0.0),
 ])
@@ -139,6 +147,11 @@ def test_matching_keeps_a_pair_exactly_at_the_threshold():
     assert match_boxes(pred, truth) == [(0, 0, 0.5)]  # the default threshold is 0.5, inclusive
     assert match_boxes(pred, truth, threshold=0.51) == []
     assert match_boxes(pred, truth, threshold=0.0) == [(0, 0, 0.5)]
+
+
+def test_matching_uses_each_prediction_once():
+    pairs = match_boxes([(0, 0, 10, 10)], [(0, 0, 10, 10), (0, 0, 10, 9)])
+    assert [(i, j) for i, j, _ in pairs] == [(0, 0)]
 
 
 def test_matching_skips_a_used_box_and_keeps_looking():

@@ -53,8 +53,10 @@ def test_garbage_gives_an_empty_result_not_an_exception(garbage):
 
 
 def test_non_string_answer_is_a_user_error():
-    with pytest.raises(InputError, match="string"):
+    with pytest.raises(InputError, match="^model answer must be a string, got NoneType$"):
         parse_grounding(None)
+    with pytest.raises(InputError, match="^model answer must be a string, got bytes$"):
+        parse_grounding(b"[]")
 
 
 def test_plain_text_boxes_and_xml_points():
@@ -174,7 +176,7 @@ def test_results_map_with_the_processor_resize_info_directly():
 
 
 @pytest.mark.parametrize("point", ['["243, 291"]', '"243,291"', '"(243, 291)"', '[243, 291]', '["243", "291"]',
-                                   '[[243, 291]]', '"243 291"', '["243.0, 291.0"]'])
+                                   '[[243, 291]]', '[[[243, 291]]]', '"243 291"', '["243.0, 291.0"]'])
 def test_points_written_as_one_string_or_nested(point):
     r = parse_grounding(f'```json\n[{{"point_2d": {point}, "label": "dot"}}]\n```')
     assert r.points == [(243, 291)] and r.items[0].label == "dot" and r.skipped == 0
@@ -270,11 +272,13 @@ def test_to_dict_rounds_to_two_decimals_and_puts_extra_keys_first():
 
 
 def test_result_properties_summary_and_json():
-    r = parse_grounding('[{"bbox_2d": [1, 2, 3, 4], "label": "dog"}, {"point_2d": [5, 6]}, '
-                        '{"bbox_2d": [7, 8, 9, 10], "label": "cat"}, {"nope": 1}]')
+    text = ('[{"bbox_2d": [1, 2, 3, 4], "label": "dog"}, {"point_2d": [5, 6]}, {"a": 1, "b": 2}, '
+            '{"bbox_2d": [7, 8, 9, 10], "label": "cat"}, {"nope": 1}]')
+    r = parse_grounding(text)
+    assert r.raw == text and r.skipped == 2
     assert r.boxes == [(1, 2, 3, 4), (7, 8, 9, 10)] and r.points == [(5, 6)] and r.count == 3
     assert r.summary() == "3 found: ?, cat, dog"
-    assert r.to_json() == {"frame": "resized", "count": 3, "truncated": False, "skipped": 1, "stated_count": None,
+    assert r.to_json() == {"frame": "resized", "count": 3, "truncated": False, "skipped": 2, "stated_count": None,
                            "items": [{"bbox_2d": [1, 2, 3, 4], "label": "dog"}, {"point_2d": [5, 6]},
                                      {"bbox_2d": [7, 8, 9, 10], "label": "cat"}]}
     cut = parse_grounding('[{"bbox_2d": [1, 2, 3, 4], "label": "dog"}, {"bbox_2d": [5, ')
@@ -334,8 +338,8 @@ def test_xml_points_edges():
     assert bad.points == [(3, 4)]  # an unreadable pair is skipped, the cut-off tag still read
     nolabel = parse_grounding('<points x1="1" y1="2"></points>')
     assert nolabel.items[0].label is None
-    many = "".join(f' x{i}="{i}" y{i}="{i}"' for i in range(1, 100))
-    assert len(parse_grounding(f"<points{many}>p</points>").points) == 99
+    many = "".join(f' x{i}="{i}" y{i}="{i}"' for i in range(1, 101))
+    assert len(parse_grounding(f"<points{many}>p</points>").points) == 99  # one tag reads x1..x99 at most
     both = parse_grounding('<points x1="1" y1="2">a</points> <points x1="3" y1="4">b</points>')
     assert [g.label for g in both.items] == ["a", "b"]
 
@@ -348,7 +352,10 @@ def test_xml_points_edges():
     ("[{\"bbox_2d\": [1, 2, 3, 4]}] there is one", 1),
     ("[{\"bbox_2d\": [1, 2, 3, 4]}] Nothing else.", None),
     ("[{\"bbox_2d\": [1, 2, 3, 4]}] someone", None),  # a number word inside a word is not a number
-    ('[{"point_2d": [1, 2]}] <points x1="3" y1="4">9 dots</points> total 2', 2),  # XML text is not prose
+    ('[{"point_2d": [1, 2]}] total 2 <points x1="3" y1="4">9 dots</points>', 2),  # XML text is not prose
+    ('[{"point_2d": [1, 2]}] total 2 <points x1="3"\ny1="4">\n9 dots</points>', 2),  # across lines too
+    ('[{"point_2d": [1, 2]}] total 2 <points x1="3" y1="4">9 do', 2),  # a cut-off tag too
+    ('[{"point_2d": [1, 2]}] total 2<points x1="3" y1="4">9</points>', 2),  # the tag is replaced by a word break
     ("There are 3 apples.", None),  # no JSON values: no count is read from prose alone
 ])
 def test_stated_count(text, count):
