@@ -88,3 +88,21 @@ def test_plan_command(capsys):
     assert "pretrain-stage1" in out and "pack of 1024 tokens" in out
     tokens = int(out.split("largest pack within 0.05 GiB per rank: ")[1].split()[0])
     assert 0 < tokens < 1 << 22
+
+
+def test_step_flops_counts_trained_work_by_hand():
+    from qwen25vl.data.packing import PackedBatch
+    from qwen25vl.train.plan import step_flops
+
+    cfg = tiny_config()
+    tc = cfg.text
+    ids = torch.zeros(1, 10, dtype=torch.long)
+    labels = torch.full((1, 10), -100)
+    labels[0, :4] = 1
+    batch = PackedBatch(ids, labels, torch.zeros(3, 1, 10, dtype=torch.long), torch.tensor([0, 10]).int())
+    layer = tc.hidden_size * tc.head_dim * (2 * tc.num_attention_heads + 2 * tc.num_key_value_heads) \
+        + 3 * tc.hidden_size * tc.intermediate_size
+    text_only = 6 * tc.num_hidden_layers * layer * 10 + 6 * tc.vocab_size * tc.hidden_size * 4
+    assert step_flops(cfg, {"vision": True, "merger": True, "llm": True}, [batch]) == text_only
+    frozen = step_flops(cfg, {"vision": True, "merger": True, "llm": False}, [batch])
+    assert frozen == text_only * 4 / 6  # no weight gradients in a frozen LLM

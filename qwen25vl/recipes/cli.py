@@ -46,6 +46,7 @@ def _common(p) -> None:
     p.add_argument("--checkpoint-vision", action="store_true", default=None, help="activation checkpointing, ViT")
     p.add_argument("--checkpoint-llm", action="store_true", default=None, help="activation checkpointing, LLM")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --out")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak (bf16 dense) TFLOP/s, to log an MFU estimate")
     p.add_argument("--die-after-step", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
 
@@ -67,7 +68,8 @@ def cmd_train(args) -> int:
     from qwen25vl.recipes.run import train
 
     train(recipe_of(args), data=args.data, out=args.out, model=args.model, preset=args.preset, device=args.device,
-          resume=not args.no_resume, max_pixels=args.max_pixels, die_after_step=args.die_after_step)
+          resume=not args.no_resume, max_pixels=args.max_pixels, die_after_step=args.die_after_step,
+          peak_tflops=args.peak_tflops)
     return 0
 
 

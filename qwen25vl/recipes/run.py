@@ -27,12 +27,13 @@ from qwen25vl.train.activations import checkpoint_blocks
 from qwen25vl.train.distributed import close, init_distributed, shard
 from qwen25vl.train.forward import PackedLoss
 from qwen25vl.train.optim import build_optimizer, build_scheduler, set_trainable
+from qwen25vl.train.plan import step_flops
 from qwen25vl.train.step import train_step
 
 
 def train(recipe: Recipe, *, data: list[str], out: str, model: str | None = None, preset: str | None = None,
           device: str | None = None, resume: bool = True, max_pixels: int | None = None,
-          die_after_step: int | None = None, quiet: bool = False) -> list[dict]:
+          die_after_step: int | None = None, quiet: bool = False, peak_tflops: float | None = None) -> list[dict]:
     """Run `recipe`; returns the per-step log records (this rank's view of the global loss)."""
     world = init_distributed(device)
     torch.manual_seed(recipe.seed)
@@ -86,9 +87,11 @@ def train(recipe: Recipe, *, data: list[str], out: str, model: str | None = None
                                global_targets=work.global_targets, world_size=world.world_size,
                                max_grad_norm=recipe.max_grad_norm)
         seconds = time.perf_counter() - t0
+        tflops = step_flops(vlm.config, recipe.train, work.micro_batches) / seconds / 1e12  # this rank's
         entry = {"step": step, "loss": stats["loss"], "lr": stats["lr"], "grad_norm": stats["grad_norm"],
                  "tokens_per_s": work.global_tokens / seconds, "targets": work.global_targets,
-                 "packing": work.global_tokens / work.global_capacity, "epoch": work.epoch, "seconds": seconds}
+                 "packing": work.global_tokens / work.global_capacity, "tflops": tflops,
+                 "mfu": tflops / peak_tflops if peak_tflops else None, "epoch": work.epoch, "seconds": seconds}
         log.append(entry)
         if log_file is not None:
             log_file.write(json.dumps(entry) + "\n")
@@ -97,7 +100,8 @@ def train(recipe: Recipe, *, data: list[str], out: str, model: str | None = None
             for key in ("loss", "lr", "tokens_per_s", "packing"):
                 writer.add_scalar(f"train/{key}", entry[key], step)
         say(f"step {step}/{recipe.steps}  loss {entry['loss']:.4f}  lr {entry['lr']:.2e}  "
-            f"{entry['tokens_per_s']:.0f} tok/s  packing {entry['packing']:.0%}")
+            f"{entry['tokens_per_s']:.0f} tok/s  packing {entry['packing']:.0%}  {tflops:.3g} TFLOP/s"
+            + (f"  MFU {entry['mfu']:.1%}" if peak_tflops else ""))
         if step % recipe.save_every == 0 or step == recipe.steps:
             trainer = {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "rng": ckpt.rng_state()}
             ckpt.save_checkpoint(out / "checkpoints", step, loss_fn, optimizer, trainer, keep=recipe.keep,

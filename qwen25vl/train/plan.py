@@ -167,3 +167,30 @@ def largest_pack(config, recipe, memory_bytes: int, **kwargs) -> int:
         fits = plan_memory(config, recipe, tokens=mid, costs=costs, counts=counts, **kwargs).total <= memory_bytes
         lo, hi = (mid, hi) if fits else (lo, mid)
     return lo
+
+
+def step_flops(config, train: dict, batches) -> float:
+    """Model FLOPs of this rank's micro-batches (matmuls; attention scores left out): 2 per parameter and token
+    forward, 2 more for the input gradients and 2 for the weight gradients of trainable modules; the head only over
+    supervised rows (the chunked loss computes nothing else); the ViT forward only when nothing in it trains."""
+    from qwen25vl.data.encoding import IGNORE
+
+    tc, vc = config.text, config.vision
+    layer = (tc.hidden_size * tc.head_dim * (2 * tc.num_attention_heads + 2 * tc.num_key_value_heads)
+             + 3 * tc.hidden_size * tc.intermediate_size)
+    block = 4 * vc.hidden_size ** 2 + 3 * vc.hidden_size * vc.intermediate_size
+    merged = vc.hidden_size * vc.spatial_merge_size ** 2
+    merger = merged * merged + merged * vc.out_hidden_size
+    embed = vc.in_chans * vc.temporal_patch_size * vc.patch_size ** 2 * vc.hidden_size
+    llm_factor = 6 if train.get("llm", True) else 4
+    vision_factor = 6 if train.get("vision", True) else (4 if train.get("merger", True) else 2)
+    total = 0.0
+    for b in batches:
+        tokens = b.input_ids.numel()
+        targets = int((b.labels != IGNORE).sum())
+        patches = sum(int(g.prod(-1).sum()) for g in (b.image_grid_thw, b.video_grid_thw) if g is not None)
+        total += llm_factor * tc.num_hidden_layers * layer * tokens
+        total += llm_factor * tc.vocab_size * tc.hidden_size * targets
+        total += vision_factor * (vc.depth * block + embed) * patches
+        total += (6 if train.get("merger", True) else 2) * merger * patches / vc.spatial_merge_size ** 2
+    return total
