@@ -109,6 +109,9 @@ def check_options(kind: str, defaults: dict, given: dict) -> dict:
             raise InputError(f"synth {kind}: option {key} must be {want.__name__}, got {value!r}")
         if want in (int, float) and value <= 0:
             raise InputError(f"synth {kind}: option {key} must be positive, got {value!r}")
+        if key == "size" and (value % 28 or value < 112):
+            raise InputError(f"synth {kind}: option size must be a multiple of 28 (the frame grid) and at least "
+                             f"112, got {value}")
         options[key] = value
     return options
 
