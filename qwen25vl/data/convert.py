@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from qwen25vl.data.records import parse_record
+from qwen25vl.data.records import parse_record, read_jsonl
 from qwen25vl.errors import InputError
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
@@ -95,12 +95,10 @@ def _objects(path: Path):
             raise InputError(f"{path.name}: not valid JSON ({err.msg} at line {err.lineno})") from None
         yield from ((f"{path.name}[{i}]", obj) for i, obj in enumerate(items))
         return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                yield f"{path.name}:{number}", json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path.name}:{number}: not valid JSON ({err.msg})") from None
+    for where, obj in read_jsonl(path):
+        if isinstance(obj, InputError):
+            raise obj
+        yield where, obj
 
 
 def _as_list(value, where: str) -> list:

@@ -82,23 +82,31 @@ def read_records(path: str | Path, root: str | Path | None = None) -> Iterator[R
 def iter_records(path: str | Path, root: str | Path | None = None) -> Iterator[Record | InputError]:
     """Like `read_records`, but a bad line yields its InputError instead of raising (loaders count and skip)."""
     path = Path(path)
+    base = Path(root) if root is not None else path.parent
+    for where, obj in read_jsonl(path):
+        if isinstance(obj, InputError):
+            yield obj
+            continue
+        try:
+            yield parse_record(obj, where=where, root=base)
+        except InputError as err:
+            yield err
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[str, object]]:
+    """(`file:line`, decoded object) per non-blank line; a line that is not JSON gives an InputError as its object."""
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"records file {path} does not exist")
-    base = Path(root) if root is not None else path.parent
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             where = f"{path.name}:{number}"
             try:
-                obj = json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as err:
-                yield InputError(f"{where}: not valid JSON ({err.msg} at column {err.colno})")
-                continue
-            try:
-                yield parse_record(obj, where=where, root=base)
-            except InputError as err:
-                yield err
+                yield where, InputError(f"{where}: not valid JSON ({err.msg} at column {err.colno})")
 
 
 def write_records(path: str | Path, records) -> int:
