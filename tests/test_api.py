@@ -146,9 +146,11 @@ def test_threads_are_set_as_asked_and_kept_when_not_given(folder):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert qwen25vl.load(folder).threads_reason is None and torch.get_num_threads() == 2
+        assert qwen25vl.load(folder, threads=None).threads_reason is None and torch.get_num_threads() == 2
         vlm = qwen25vl.load(folder, threads=1)
         assert torch.get_num_threads() == 1 and vlm.threads_reason == "as asked"
-        assert qwen25vl.load(folder, threads="auto").threads_reason == "auto: tiny model"
+        torch.set_num_threads(2)
+        assert qwen25vl.load(folder).threads_reason == "auto: tiny model"  # the default
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
