@@ -78,8 +78,9 @@ def test_memory_formulas_by_hand():
     # 7B tower over 10,764 patches: float32 pixel rows, then the MLP phase (2 x 1280 + 3 x 3420 wide) in bf16
     assert vision_peak_bytes(seven.vision, 10_764, 2) == 10_764 * (1176 * 4 + (2 * 1280 + 3 * 3420) * 2)
     assert vision_peak_bytes(seven.vision, 0, 2) == 0
-    # tiny prefill, 300 tokens of which 200 visual: MLP phase (2 x 64 + 3 x 128) + the image features, + bool mask
-    assert prefill_peak_bytes(tiny, 300, 200, 4) == (300 * (2 * 64 + 3 * 128) + 200 * 64) * 4 + 300 * 300
+    # tiny prefill, 300 tokens of which 200 visual: MLP phase (4 x 64 + 3 x 128) + the image features, + the mask
+    # as bool and as fp32
+    assert prefill_peak_bytes(tiny, 300, 200, 4) == (300 * (4 * 64 + 3 * 128) + 200 * 64) * 4 + 300 * 300 * 5
 
 
 def test_image_tokens_follow_smart_resize(tiny, media):
