@@ -71,6 +71,11 @@ MODULES = [
            ("tests/test_tasks_grounding.py", "tests/test_tasks_coords*.py", "tests/test_mutants_coords*.py")),
     Module("grounding", "qwen25vl/tasks/grounding.py",
            ("tests/test_tasks_grounding.py", "tests/test_mutants_grounding*.py")),
+    # landed later (issue 21: "as they land, packing, losses and the evaluation metrics")
+    Module("packing", "qwen25vl/data/packing.py", ("tests/test_data_packing.py", "tests/test_mutants_packing*.py")),
+    Module("losses", "qwen25vl/train/losses.py", ("tests/test_train_losses.py", "tests/test_mutants_losses*.py")),
+    Module("eval_metrics", "qwen25vl/eval/metrics.py",
+           ("tests/test_eval_metrics.py", "tests/test_mutants_eval_metrics*.py")),
 ]
 BY_NAME = {m.name: m for m in MODULES}
 
