@@ -35,20 +35,22 @@ class _ChunkedCE(torch.autograd.Function):
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, y[:, None])[:, 0]).sum()
             if want_h or want_w:
-                prob = torch.exp(logits - lse[:, None])
+                prob = logits.sub_(lse[:, None]).exp_()  # in place: one chunk of logits alive, not three
                 prob[torch.arange(idx.numel(), device=idx.device), y] -= 1.0  # d(CE)/d(logits)
                 if want_h:
                     grad_h[idx] = (prob.to(weight.dtype) @ weight).to(hidden.dtype)
                 if want_w:
-                    grad_w += prob.T @ h.float()
+                    grad_w.addmm_(prob.T, h.float())  # in place: no (vocab x hidden) temporary
         ctx.save_for_backward(grad_h if want_h else None, grad_w if want_w else None)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
+        # scaled in place: the saved gradients become the returned ones, no second (vocab x hidden) copy (so this
+        # graph supports one backward, as training does; retain_graph=True would scale twice)
         grad_h, grad_w = ctx.saved_tensors
-        out_h = None if grad_h is None else grad_h * grad_out.to(grad_h.dtype)
-        out_w = None if grad_w is None else (grad_w * grad_out).to(ctx.weight_dtype)
+        out_h = None if grad_h is None else grad_h.mul_(grad_out.to(grad_h.dtype))
+        out_w = None if grad_w is None else grad_w.mul_(grad_out).to(ctx.weight_dtype)
         return out_h, out_w, None, None
 
 

@@ -5,7 +5,7 @@
     gradients    trainable x 4 / world          (fp32)
     optimizer    trainable x 8 / world          (AdamW's two fp32 moments)
     activations  per token (LLM layers) and per patch (ViT blocks), measured on a one-layer probe of the real widths
-    loss         chunk x vocab x 4 x 3 (logits, shifted, probabilities) + the head's fp32 gradient (vocab x hidden x 4)
+    loss         chunk x vocab x 4 x 2 (logits, logsumexp's temporary) + the head's fp32 gradient (vocab x hidden x 4)
 
 Activations are measured, not derived: a probe with one decoder layer (and one ViT block) at the config's widths runs
 a packed forward on `probe_tokens` tokens under `saved_tensors_hooks`, which sees every tensor autograd keeps for
@@ -152,8 +152,8 @@ def plan_memory(config, recipe, *, tokens: int | None = None, vision_share: floa
         vision += patches * costs["vision_fixed_per_patch"]
     vocab, hidden = config.text.vocab_size, config.text.hidden_size
     supervised = min(tokens, DEFAULT_CHUNK)
-    # one chunk's logits, logits - lse and exp(...) at once; the head's fp32 gradient; the hidden states' gradient
-    loss = 3 * supervised * vocab * 4 + vocab * hidden * 4 + tokens * hidden * width
+    # one chunk's logits and logsumexp's temporary of the same size; the head's fp32 gradient; the hidden gradient
+    loss = 2 * supervised * vocab * 4 + vocab * hidden * 4 + tokens * hidden * width
     return MemoryPlan(params, gathered, grads, optim, int(llm + vision), loss, tokens, patches)
 
 
