@@ -7,7 +7,8 @@ import pytest
 from qwen25vl.data.synth import write_dataset
 from qwen25vl.data.synth.verify import file_digests, tiny_processor, verify_split
 
-SMALL = {"grounding": {"size": 224}, "ocr": {"size": 224}, "charts": {"size": 224}, "documents": {"size": 336}, "video": {"size": 112, "max_seconds": 4}}
+SMALL = {"grounding": {"size": 224}, "ocr": {"size": 224}, "charts": {"size": 224}, "documents": {"size": 336}, "video": {"size": 112, "max_seconds": 4},
+         "agent": {"size": 336}}
 
 
 @pytest.fixture(scope="module")
