@@ -1,0 +1,5 @@
+import sys
+
+from qwen25vl.data.synth.cli import main
+
+sys.exit(main(["synth", *sys.argv[1:]]))
