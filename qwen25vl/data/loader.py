@@ -1,7 +1,8 @@
 """The packed data loader: records -> per-step packs for this rank, with the global target count and a resumable
 position.
 
-One pass over the records first measures each one (encodes it; bad records are skipped here, counted by reason).
+One pass over the records first measures each one (encodes it; bad records are skipped here, counted by reason);
+under torchrun each rank measures every world_size-th record and the lengths are gathered.
 Then every epoch: records shuffled with (seed, epoch), first-fit-decreasing packing within windows of
 `window` records, the packs shuffled, and consecutive groups of `packs_per_step` packs form the global steps. Each
 step's packs are dealt to ranks longest first onto the rank with the fewest tokens so far (length balance), so
@@ -18,6 +19,8 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
+import torch.distributed as dist
+
 from qwen25vl.data.packing import PackedBatch, collate_pack, first_fit_decreasing, fit_to_budget
 from qwen25vl.errors import InputError
 
@@ -26,7 +29,7 @@ REASONS = (("over-long", "over-long"), ("outside", "box out of frame"), ("empty 
            ("tokens but", "image-token mismatch"), ("pad|> tokens", "image-token mismatch"), ("not valid JSON", "bad JSON"))
 
 
-def reason_of(err: Exception) -> str:
+def reason_of(err: Exception | str) -> str:
     """A short, countable reason for a skipped record."""
     text = str(err)
     for key, reason in REASONS:
@@ -58,27 +61,40 @@ class PackLoader:
         self.world_size, self.rank, self.seed, self.window, self.truncate = world_size, rank, seed, window, truncate
         self.skipped: Counter = Counter()
         self.records, self.lengths, self.targets = [], [], []
-        for record in records:
-            if isinstance(record, Exception):
-                self._skip(record, log)
+        records = list(records)
+        for i, found in sorted(self._measure(records).items()):
+            if isinstance(found, str):
+                self.skipped[reason_of(found)] += 1
+                if log is not None:
+                    log(f"skipped ({reason_of(found)}): {found}")
                 continue
-            try:
-                sample = self._sample(record)
-            except InputError as err:
-                self._skip(err, log)
-                continue
-            self.records.append(record)
-            self.lengths.append(sample.length)
-            self.targets.append(sample.num_targets)
+            self.records.append(records[i])
+            self.lengths.append(found[0])
+            self.targets.append(found[1])
         if self.steps_per_epoch() == 0:
             raise InputError(f"{len(self.records)} usable records ({sum(self.skipped.values())} skipped: "
                              f"{dict(self.skipped)}) make fewer than the {packs_per_step} packs of one step")
         self.epoch, self.step = 0, 0
 
-    def _skip(self, err: Exception, log) -> None:
-        self.skipped[reason_of(err)] += 1
-        if log is not None:
-            log(f"skipped ({reason_of(err)}): {err}")
+    def _measure(self, records) -> dict:
+        """index -> (tokens, targets) or the reason it is skipped. Each rank encodes every world_size-th record and
+        the results are gathered, so the pass costs 1 / world_size of the data per rank."""
+        shared = self.world_size > 1 and dist.is_initialized()  # else one process plays a rank: measure all
+        found = {}
+        for i in range(self.rank if shared else 0, len(records), self.world_size if shared else 1):
+            if isinstance(records[i], Exception):
+                found[i] = str(records[i])
+                continue
+            try:
+                sample = self._sample(records[i])
+                found[i] = (sample.length, sample.num_targets)
+            except InputError as err:
+                found[i] = str(err)
+        if shared:
+            parts: list = [None] * self.world_size
+            dist.all_gather_object(parts, found)
+            found = {i: v for part in parts for i, v in part.items()}
+        return found
 
     def _sample(self, record):
         sample = self.encode(record)
