@@ -522,3 +522,17 @@ def test_cli_serves_on_loopback_with_a_key(vlm, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_server_decode_caps_reach_videos_and_images(vlm, media_root):
+    limits = Limits(max_image_pixels=56 * 84, max_frames=8, max_prompt_tokens=400, max_frame_pixels=56 * 56 - 1,
+                    max_decoded_pixels=84 * 56 - 1)
+    settings = ServeSettings(model_name=NAME, local_roots=(media_root,), limits=limits)
+    with BackgroundServer(create_app(vlm, settings)) as srv:
+        sync = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=30)
+        with pytest.raises(openai.BadRequestError, match=str(56 * 56 - 1)):  # the 56 x 56 clip, refused from its header
+            _ask(sync, _user({"type": "video_url", "video_url": {"url": "clip.mp4"}}))
+        with pytest.raises(openai.BadRequestError, match=str(84 * 56 - 1)):
+            _ask(sync, _user({"type": "image_url", "image_url": {"url": _data_url(_png(0))}}))
+        assert _ask(sync, _user({"type": "image_url", "image_url": {"url": _data_url(_png(0, size=(56, 56)))}}))
+    assert vlm.processor.max_frame_pixels != 56 * 56 - 1  # the caller's processor keeps its own caps

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import hmac
 import logging
@@ -165,7 +166,9 @@ def sampling_params(req: S.ChatCompletionRequest, defaults: SamplingParams, sett
 
 def create_app(vlm, settings: ServeSettings = ServeSettings(), *, defaults: Optional[SamplingParams] = None) -> FastAPI:
     """vlm: anything with `.model` and `.processor` (the processor's `.tokenizer` decodes), e.g. `qwen25vl.load()`."""
-    processor = vlm.processor
+    processor = copy.copy(vlm.processor)  # the server's decode caps, not the caller's object changed
+    processor.max_image_pixels = settings.limits.max_decoded_pixels
+    processor.max_frame_pixels = settings.limits.max_frame_pixels
     tokenizer = getattr(vlm, "tokenizer", None) or processor.tokenizer
     defaults = defaults or getattr(vlm, "defaults", None) or SamplingParams(temperature=1.0)
     scheduler = Scheduler(vlm.model, tokenizer, max_batch=settings.max_batch, max_queue=settings.max_queue,

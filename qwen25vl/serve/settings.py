@@ -19,6 +19,7 @@ class Limits:
     max_request_pixels: int = 16384 * 28 * 28  # all images and video frames of one request, after resizing
     max_frames: int = 256  # per video (sampled frames, or frames given as a list)
     max_decoded_pixels: int = 100_000_000  # an image's own size before resizing (decompression bombs)
+    max_frame_pixels: int = 3840 * 2160  # a video's own frame size before resizing (checked from the stream header)
     max_prompt_tokens: int = 32768  # vision tokens included
     max_tokens: int = 4096  # the most a request may ask to generate per choice
     max_n: int = 16

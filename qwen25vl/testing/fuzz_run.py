@@ -205,6 +205,7 @@ class _Worker:
         cmd = [sys.executable, "-m", "qwen25vl.testing.fuzz_run", "--worker", "--seed", str(seed),
                "--workdir", str(workdir)] + (["--server"] if server else [])
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self.died = False
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, env=env, bufsize=1)
         if self._line(start_timeout) != "ready":
@@ -216,6 +217,7 @@ class _Worker:
         if not ready:
             return None
         line = self.proc.stdout.readline()
+        self.died = self.died or not line  # end of output: the worker is gone, even before it can be reaped
         return line.strip() if line else None
 
     def run(self, index: int, timeout: float) -> Result | None:
@@ -224,6 +226,7 @@ class _Worker:
             self.proc.stdin.write(f"{index}\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
+            self.died = True
             return None
         line = self._line(timeout)
         return Result(**json.loads(line)) if line else None
@@ -247,7 +250,7 @@ def run_fuzz(indices, *, seed: int = 0, timeout: float = 10.0, server: bool = Fa
                 start = time.monotonic()
                 result = proc.run(index, timeout)
                 if result is None:
-                    outcome = "timeout" if proc.proc.poll() is None else "crash"
+                    outcome = "crash" if proc.died or proc.proc.poll() is not None else "timeout"
                     proc.close()
                     proc = None
                     family = FAMILIES[index % len(FAMILIES)][0] if index >= 0 else "self-test"
