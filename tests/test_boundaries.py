@@ -50,3 +50,10 @@ def test_processing_defines_no_module(path):
             assert not bases & {"nn.Module", "torch.nn.Module", "Module"}, f"{path}:{node.name} is an nn.Module"
     bad = {m for m in _imports(path) if m.startswith("qwen25vl.model")}
     assert not bad, f"{path} imports {bad}: processing never imports model/"
+
+
+@pytest.mark.parametrize("name", ["vision_layout.py", "varlen.py", "positions.py"])
+def test_index_math_imports_no_model(name):
+    bad = {m for m in _imports(PKG / name) if m.startswith("qwen25vl.") and not m.startswith("qwen25vl.errors")
+           and m not in ("qwen25vl.varlen", "qwen25vl.config")}
+    assert not bad, f"{name} imports {bad}: pure index math depends on nothing but configs and errors"
