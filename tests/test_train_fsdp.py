@@ -28,15 +28,16 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--steps", "4", "--packs-per-step", "2", "--budget", "400", "--save-every", "2", "--warmup", "1",
+ARGS = ["--steps", "4", "--packs-per-step", "4", "--budget", "400", "--save-every", "2", "--warmup", "1",
         "--lr", "1e-3", "--lr-merger", "1e-3"]
-RECIPE = SFT.replace(steps=4, packs_per_step=2, budget=400, save_every=2, warmup=1,
+RECIPE = SFT.replace(steps=4, packs_per_step=4, budget=400, save_every=2, warmup=1,
                      lr={"merger": 1e-3, "llm": 1e-3})
 
 
 def _dataset(folder: Path) -> Path:
-    """The toy mix plus long text-only answers that fill a pack alone: some steps deal one rank a pack without any
-    image or video while the other rank's has some (the case that hangs FSDP without the ViT dummy)."""
+    """The toy mix plus long text-only answers that fill a pack alone: some micro-batch of one rank has no image or
+    video while the other rank's has some (the case that hangs FSDP without the ViT dummy). Two micro-batches per
+    rank and step: gradient accumulation with the reduce-scatter held back until the last one."""
     rng = random.Random(5)
     records = toy_records(folder, 12) + [
         {"messages": [{"role": "user", "content": "tell"},
@@ -45,13 +46,15 @@ def _dataset(folder: Path) -> Path:
     path = folder / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     encoder = Encoder.from_pretrained(make_tiny_checkpoint(folder / "ckpt"))
-    loader = PackLoader(list(iter_records(path)), encoder, budget=RECIPE.budget, packs_per_step=2, world_size=2)
-    packs = loader.packs(0)
+    loader = PackLoader(list(iter_records(path)), encoder, budget=RECIPE.budget, packs_per_step=4, world_size=2)
     media = [any(isinstance(m["content"], list) and any(p["type"] != "text" for p in m["content"])
                  for m in loader.records[i].messages) for i in range(len(loader.records))]
-    mixed = [step for step in range(RECIPE.steps)
-             if len({any(media[i] for i in ranks[0]) for ranks in loader.deal(packs[2 * step:2 * step + 2])}) == 2]
-    assert mixed, "the data must give one rank a text-only pack in some step"
+    per_epoch, mixed = loader.steps_per_epoch(), []
+    for step in range(RECIPE.steps):  # micro-batch j of both ranks: one with media, one without?
+        packs = loader.packs(step // per_epoch)[4 * (step % per_epoch):4 * (step % per_epoch) + 4]
+        ranks = loader.deal(packs)
+        mixed += [step for j in range(2) if len({any(media[i] for i in r[j]) for r in ranks}) == 2]
+    assert mixed, "the data must give one rank a text-only micro-batch opposite another's images in some step"
     return path
 
 
@@ -68,6 +71,7 @@ def test_two_process_fsdp_equals_one_process_and_resumes_on_one(tmp_path):
 
     one = train(RECIPE, data=[str(data)], out=str(tmp_path / "one"), preset="tiny", quiet=True)
     assert len(two) == len(one) == 4 and one[0]["loss"] - one[-1]["loss"] > 0.1  # it learns
+    assert [e["epoch"] for e in one] == [0, 0, 1, 1]
     for a, b in zip(two, one):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-4), (a, b)
     w2, w1 = load_file(tmp_path / "two" / "hf" / "model.safetensors"), load_file(tmp_path / "one" / "hf" /
