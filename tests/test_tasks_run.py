@@ -103,11 +103,12 @@ def fake_load(monkeypatch):
 
     holder = {}
 
-    def load(path=None, device=None, dtype=None, **_):
-        holder["path"] = path
+    def load(args):  # the task CLI's loader, after its flags are parsed: no folder or weights needed
+        holder["path"] = args.model
+        holder["runtime"] = (args.device, args.dtype, args.threads)
         return holder["vlm"]
 
-    monkeypatch.setattr(qwen25vl, "load", load, raising=False)
+    monkeypatch.setattr("qwen25vl.tasks.cli._load", load)
     return holder
 
 
@@ -310,8 +311,28 @@ def test_cli_video_find_adds_the_start_offset_to_the_spans(tmp_path, capsys, mon
     assert [p.get("video_start") for p in sent] == [None, 1.0, 1.25]  # the model was shown the cut clip
 
 
+def test_cli_video_find_rejects_a_bad_fps_while_parsing(fake_load, capsys):
+    from qwen25vl.cli import main
+
+    for fps in ("0", "-2", "nan"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["video-find", "clip.mp4", "x", "--fps", fps])
+        assert exit_.value.code == 2 and "positive number of frames per second" in capsys.readouterr().err
+    assert "path" not in fake_load
+
+
+def test_task_commands_take_the_runtime_flags(fake_load, tmp_path, capsys):
+    from qwen25vl.cli import main
+
+    fake_load["vlm"] = FakeVLM('[{"bbox_2d": [1, 2, 30, 40], "label": "a"}]')
+    image = tmp_path / "in.png"
+    _photo((84, 56)).save(image)
+    assert main(["ground", str(image), "a", "--dtype", "bfloat16", "--threads", "1", "--device", "cpu"]) == 0
+    assert fake_load["runtime"] == ("cpu", "bfloat16", 1)
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--fps", "0"], "--fps must be > 0, got 0.0"), (["--start", "-1"], "--start must be >= 0 seconds, got -1.0"),
+    (["--start", "-1"], "--start must be >= 0 seconds, got -1.0"),
     (["--start", "3", "--end", "2"], "--end (2.0) must be after --start (3.0)")])
 def test_cli_video_find_rejects_bad_times_before_loading(fake_load, capsys, argv, message):
     from qwen25vl.cli import main

@@ -20,23 +20,22 @@ import time
 from pathlib import Path
 
 from qwen25vl.errors import InputError
+from qwen25vl.runtime import add_runtime_args, fps_arg, load_from_args, positive_int_arg
 
 
 def _common(p: argparse.ArgumentParser, *, pixels: bool = True):
     p.add_argument("--model", "-m", metavar="PATH", default=None, help="checkpoint folder (default: the embedded model)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap")
-    p.add_argument("--device", default=None)
+    p.add_argument("--max-new-tokens", type=positive_int_arg, default=None, help="answer length cap")
+    add_runtime_args(p)
     p.add_argument("--stream", action="store_true", help="show the model's answer on stderr as it is generated")
     if pixels:
-        p.add_argument("--min-pixels", type=int, default=None, help="image resize floor (pixels)")
-        p.add_argument("--max-pixels", type=int, default=None, help="image resize cap (pixels)")
+        p.add_argument("--min-pixels", type=positive_int_arg, default=None, help="image resize floor (pixels)")
+        p.add_argument("--max-pixels", type=positive_int_arg, default=None, help="image resize cap (pixels)")
 
 
 def _load(args):
-    import qwen25vl
-
-    return qwen25vl.load(args.model, device=args.device)
+    return load_from_args(args)
 
 
 def _sampling(args) -> dict:
@@ -156,8 +155,6 @@ def _parse_doc(args) -> int:
 
 
 def _check_video_args(args):
-    if not args.fps > 0:
-        raise InputError(f"--fps must be > 0, got {args.fps}")
     for name in ("start", "end"):
         value = getattr(args, name)
         if value is not None and not value >= 0:
@@ -230,13 +227,13 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("video-find", help="when does an event happen in a video (seconds)")
     p.add_argument("video")
     p.add_argument("event")
-    p.add_argument("--fps", type=float, default=2.0, help="frames sampled per second")
+    p.add_argument("--fps", type=fps_arg, default=2.0, help="frames sampled per second")
     p.add_argument("--start", type=float, default=None, help="only look from this second")
     p.add_argument("--end", type=float, default=None, help="only look until this second")
     p.add_argument("--style", choices=("seconds", "mm:ss.ff", "hh:mm:ss.ff", "hh:mm:ss:ff"), default="seconds",
                    help="time format of --json output")
     _common(p, pixels=False)
-    p.add_argument("--max-pixels", type=int, default=None, help="per-frame resize cap (pixels)")
+    p.add_argument("--max-pixels", type=positive_int_arg, default=None, help="per-frame resize cap (pixels)")
     p.set_defaults(func=_video_find)
 
     p = subparsers.add_parser("act", help="one computer / phone agent step on a screenshot")
