@@ -250,6 +250,7 @@ def test_seen_mask_forms_and_penalty_without_history():
     # rows of different lengths: the padding of the shorter row marks nothing
     assert seen_mask([[3], [0, 2]], 4).tolist() == [[False, False, False, True], [True, False, True, False]]
     assert seen_mask([], 4).shape == (0, 4)
+    assert seen_mask([[], []], 4).tolist() == [[False] * 4] * 2
 
 
 def test_plain_temperature_draws_follow_the_seed():

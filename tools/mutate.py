@@ -108,6 +108,37 @@ EQUIVALENT: dict[str, str] = {
     "qwen25vl.positions.x_vision_block_ids__mutmut_15": "int64 arange x float32 scalar tensor is computed in float32 too",
     "qwen25vl.positions.x_vision_block_ids__mutmut_17": "int64 arange x float32 scalar tensor is computed in float32 too",
     "qwen25vl.positions.x_vision_block_ids__mutmut_41": _CPU,
+    # generation/sampling.py
+    **{f"qwen25vl.generation.sampling.x__filter_sorted__mutmut_{n}": _CPU for n in (6, 8)},
+    **{f"qwen25vl.generation.sampling.x__filter_sorted__mutmut_{n}": _DIM for n in (33, 38, 63)},
+    "qwen25vl.generation.sampling.x__filter_sorted__mutmut_59": "the min-p step with min_p = 0 drops nothing",
+    "qwen25vl.generation.sampling.x__race__mutmut_4": "exponential_'s default rate is 1",
+    "qwen25vl.generation.sampling.x__race__mutmut_7": "Exp(2) = Exp(1) / 2 from the same uniforms: argmax(p / q) unchanged",
+    "qwen25vl.generation.sampling.x__race__mutmut_10": _DIM,
+    **{f"qwen25vl.generation.sampling.x__row_values__mutmut_{n}": "Python floats become float32, the logits' dtype"
+       for n in (2, 5)},
+    **{f"qwen25vl.generation.sampling.x__row_values__mutmut_{n}": _CPU for n in (3, 6)},
+    **{f"qwen25vl.generation.sampling.x__scale__mutmut_{n}": _CPU for n in (3, 5)},
+    "qwen25vl.generation.sampling.x_apply_repetition_penalty__mutmut_8": "a zero logit is 0 divided or multiplied",
+    "qwen25vl.generation.sampling.x_make_generator__mutmut_3": _CPU,
+    **{f"qwen25vl.generation.sampling.x_sample__mutmut_{n}": _CPU for n in (21, 24, 99, 101)},
+    **{f"qwen25vl.generation.sampling.x_sample__mutmut_{n}": _DIM for n in (42, 63, 72, 95)},
+    "qwen25vl.generation.sampling.x_sample__mutmut_57": "sort's default dim is -1",
+    **{f"qwen25vl.generation.sampling.x_sample__mutmut_{n}":
+       "rows without filters sent through the filter path: filters that drop nothing, the same distribution"
+       for n in (48, 50, 51, 52)},
+    "qwen25vl.generation.sampling.x_sample__mutmut_49": "a top_k = 1 row is greedy and never reaches the draw",
+    **{f"qwen25vl.generation.sampling.x_sampling_probs__mutmut_{n}": _CPU for n in (19, 22)},
+    **{f"qwen25vl.generation.sampling.x_sampling_probs__mutmut_{n}": _DIM for n in (47, 56)},
+    "qwen25vl.generation.sampling.x_sampling_probs__mutmut_41": "sort's default dim is -1",
+    **{f"qwen25vl.generation.sampling.x_seen_mask__mutmut_{n}": "the width of an empty list of rows is never used"
+       for n in (4, 7)},
+    **{f"qwen25vl.generation.sampling.x_seen_mask__mutmut_{n}": _CPU for n in (20, 25, 29)},
+    **{f"qwen25vl.generation.sampling.x_seen_mask__mutmut_{n}":
+       "lists of Python ints become int64 anyway (an empty row scatters nothing)" for n in (10, 12)},
+    "qwen25vl.generation.sampling.x_seen_mask__mutmut_17": "-2 is an invalid id as -1 is: skipped the same way",
+    "qwen25vl.generation.sampling.x_seen_mask__mutmut_32": "one more dropped column",
+    "qwen25vl.generation.sampling.x_seen_mask__mutmut_37": "id == vocab_size lands in the dropped column either way",
     # vision_layout.py
     **{f"qwen25vl.vision_layout.x__make_layout__mutmut_{n}": _CPU for n in (50, 51, 53, 55, 57, 59, 61)},
     "qwen25vl.vision_layout.x_grids_from_tensor__mutmut_2": "a tensor iterated row by row gives the same ints",
