@@ -19,6 +19,9 @@ from pathlib import Path
 from qwen25vl.errors import InputError
 
 Row = tuple[str, "dict | InputError"]
+# Files no reader may take as data: the run's own results file, when it sits in the data folder and matches a
+# reader's pattern (*.jsonl), would otherwise be read back while it grows.
+EXCLUDED: set[Path] = set()
 
 
 def find_files(data: Path, patterns: Sequence[str], what: str) -> list[Path]:
@@ -29,7 +32,7 @@ def find_files(data: Path, patterns: Sequence[str], what: str) -> list[Path]:
     if not data.is_dir():
         raise InputError(f"--data {str(data)!r} is neither a file nor a folder")
     for pattern in patterns:
-        found = sorted(p for p in data.glob(pattern) if p.is_file())
+        found = sorted(p for p in data.glob(pattern) if p.is_file() and p.resolve() not in EXCLUDED)
         if found:
             return found
     raise InputError(f"no {what} found in {str(data)!r} (looked for {', '.join(patterns)})")
