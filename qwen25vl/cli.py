@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "qwen25vl.plan",  # plan
     "qwen25vl.data.cli",  # data convert
     "qwen25vl.recipes.cli",  # train pretrain / sft
+    "qwen25vl.eval.cli",  # eval TASK / rescore / report / list
 )
 
 
