@@ -53,8 +53,9 @@ def test_docvqa_json_layout(tmp_path):
 
 
 def test_docvqa_parquet_mirror(tmp_path):
-    rows = [{"questionId": "q7", "question": "Total?", "answers": ["$5"], "image": {"bytes": _png_bytes(), "path": None}},
-            {"questionId": "q8", "question": None, "answers": ["x"], "image": {"bytes": _png_bytes(), "path": None}}]
+    image = {"bytes": _png_bytes(), "path": None}
+    rows = [{"questionId": "q7", "question": "Total?", "answers": ["$5"], "image": image},
+            {"questionId": "q8", "question": None, "answers": ["x"], "image": image}]
     _write_parquet(tmp_path / "data" / "validation-00000.parquet", rows)
     samples, skipped = _read("docvqa", tmp_path)
     assert [s.id for s in samples] == ["q7"] and isinstance(samples[0].images[0], bytes)

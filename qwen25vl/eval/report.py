@@ -28,7 +28,8 @@ def summary_table(summaries: list[dict]) -> str:
 
 
 def _details(summary: dict) -> list[str]:
-    lines = [f"### {summary['task']}", "", "metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["metrics"].items())]
+    metrics = ", ".join(f"{k} {v:.2f}" for k, v in summary["metrics"].items())
+    lines = [f"### {summary['task']}", "", f"metrics: {metrics}"]
     if summary["unextracted"]:
         lines.append(f"answers with nothing extractable: {summary['unextracted']} (scored 0)")
     for label, key in (("failed", "failed_reasons"), ("skipped", "skipped_reasons")):

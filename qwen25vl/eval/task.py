@@ -68,7 +68,8 @@ class Profile:
         values = {}
         for key, value in overrides.items():
             if key not in types or key == "name":
-                raise InputError(f"unknown profile setting {key!r}; settings: {', '.join(sorted(set(types) - {'name'}))}")
+                known = ", ".join(sorted(set(types) - {"name"}))
+                raise InputError(f"unknown profile setting {key!r}; settings: {known}")
             values[key] = _convert(key, value, str(types[key]))
         return dataclasses.replace(self, **values, name=f"{self.name}+overrides")
 
@@ -128,7 +129,8 @@ class Task:
     target)` -> float in [0, 1]; `summarize(scores)` -> {metric: value in [0, 1]}, `metric` naming the headline one.
     `context(sample, frames)` -> what extraction needs beyond the text (options, the image's frame), stored in the
     results so that rescoring needs nothing else; `frames` are the images' `Frame`s (original and resized sizes).
-    `system_prompt(sample, frames)` for tasks whose system message depends on the frame (agent clicks). `published`: the report's scores of Qwen2.5-VL-3B / 7B (percent)."""
+    `system_prompt(sample, frames)` for tasks whose system message depends on the frame (agent clicks).
+    `published`: the report's scores of Qwen2.5-VL-3B / 7B (percent)."""
 
     name: str
     read: Callable[[Path], Iterator[Sample | Skipped]]
