@@ -190,3 +190,19 @@ def test_profile_overrides():
         profile.overridden({"max_pixel": "1"})
     with pytest.raises(InputError, match="max_new_tokens='lots'"):
         profile.overridden({"max_new_tokens": "lots"})
+
+
+def test_a_refused_conversation_fails_alone(tmp_path):
+    _chartqa(tmp_path, 4)
+    inner = Counting()
+
+    def answerer(conversations, sampling):
+        if any(_text(c).startswith("value 1?") for c in conversations):
+            raise InputError("video 0: cannot decode")  # what the processor raises for a broken item
+        return inner(conversations, sampling)
+
+    summary = run_task(get_task("chartqa"), tmp_path, answerer, tmp_path / "out" / "c.jsonl", batch_size=4)
+    assert summary["failed_reasons"] == {"model-input": 1, "media": 1}
+    assert inner.asked == ["value 0?", "value 2?", "value 3?"]  # the batch was retried one by one
+    failed = [r for r in ResultsFile(tmp_path / "out" / "c.jsonl").read()[1] if r["status"] == "failed"]
+    assert any("cannot decode" in r["reason"] and r["prompt"].startswith("value 1?") for r in failed)
