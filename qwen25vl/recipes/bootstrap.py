@@ -1,0 +1,159 @@
+"""The vision bootstrap of the tiny model: dense per-cell targets, the throwaway heads that read them, and the packed
+forward of joint training with those heads and the shuffled-image loss gap.
+
+Why: a from-scratch tiny Qwen2.5-VL trained jointly from the start learns to ignore the image (the merger output
+collapses, the shuffled-image gap stays at 0). A ViT that first learns, for every merged token (a 28 px cell), what
+lies there, where that object's box edges are and where the cell is, hands the LLM features it can use.
+
+Dense targets of one image (`dense_targets`), per merged cell in the processor's token order (row-major):
+    kind     0 background, 1 + shape index of the object whose box holds the cell's centre
+    colour   0 background, 1 + colour index
+    offsets  (cx - x1, cy - y1, x2 - cx, y2 - cy) / frame side, object cells only (NaN elsewhere)
+    row, col the cell's absolute grid position
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qwen25vl.data.packing import PackedBatch
+from qwen25vl.data.synth.draw import COLOURS, frame_size
+from qwen25vl.data.synth.grounding import make_scene
+from qwen25vl.data.synth.shapes import SHAPES
+from qwen25vl.model.attention import VarlenPlan
+from qwen25vl.model.text import AttnSpec, mrope_cos_sin
+from qwen25vl.train.losses import chunked_cross_entropy
+
+CELL = 28  # one merged token: 2x2 patches of 14 px
+MAX_CELLS = 16  # rows / columns the position heads can name (448 px)
+COLOUR_NAMES = tuple(COLOURS)
+HEAD_SIZES = {"kind": 1 + len(SHAPES), "colour": 1 + len(COLOUR_NAMES), "offsets": 4, "row": MAX_CELLS,
+              "col": MAX_CELLS}
+
+
+@dataclass
+class DenseTargets:
+    kind: torch.Tensor  # (cells,) long
+    colour: torch.Tensor  # (cells,) long
+    offsets: torch.Tensor  # (cells, 4) float, NaN on background cells
+    row: torch.Tensor  # (cells,) long
+    col: torch.Tensor  # (cells,) long
+
+    @staticmethod
+    def cat(items: list[DenseTargets]) -> DenseTargets:
+        return DenseTargets(*(torch.cat([getattr(t, f) for t in items]) for f in
+                              ("kind", "colour", "offsets", "row", "col")))
+
+
+def dense_targets(things, size: tuple[int, int]) -> DenseTargets:
+    """Per-cell targets of a scene of `things` (objects with .shape, .colour, .box) in a (width, height) frame."""
+    width, height = size
+    rows, cols = height // CELL, width // CELL
+    n = rows * cols
+    kind, colour = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    offsets = torch.full((n, 4), float("nan"))
+    scale = float(max(width, height))
+    for i in range(n):
+        r, c = divmod(i, cols)
+        cx, cy = c * CELL + CELL / 2, r * CELL + CELL / 2
+        for t in things:
+            x1, y1, x2, y2 = t.box
+            if x1 <= cx <= x2 and y1 <= cy <= y2:
+                kind[i], colour[i] = 1 + SHAPES.index(t.shape), 1 + COLOUR_NAMES.index(t.colour)
+                offsets[i] = torch.tensor([cx - x1, cy - y1, x2 - cx, y2 - cy]) / scale
+                break
+    index = torch.arange(n)
+    return DenseTargets(kind, colour, offsets, index // cols, index % cols)
+
+
+def scene_of(seed: int, options: dict):
+    """(image, things) of the grounding engine's sample `seed`, replayed: the engine draws the frame size and then
+    the scene first from `random.Random(seed)` (see `grounding.make_sample`)."""
+    rng = random.Random(seed)
+    size = frame_size(rng, options["size"])
+    return make_scene(rng, size, options["max_objects"])
+
+
+class DenseHead(nn.Module):
+    """A throwaway linear read-out of every merged token: kind, colour, box offsets, row, column."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.proj = nn.Linear(width, sum(HEAD_SIZES.values()))
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(HEAD_SIZES, self.proj(features).split(list(HEAD_SIZES.values()), dim=-1)))
+
+
+def dense_loss(out: dict[str, torch.Tensor], target: DenseTargets) -> tuple[torch.Tensor, dict]:
+    """Sum of the heads' losses (CE for classes, L1 x 10 for offsets on object cells) and their accuracies."""
+    losses = {name: F.cross_entropy(out[name], getattr(target, name)) for name in ("kind", "colour", "row", "col")}
+    on = ~torch.isnan(target.offsets[:, 0])
+    if bool(on.any()):
+        losses["offsets"] = 10 * F.l1_loss(out["offsets"][on], target.offsets[on])
+    with torch.no_grad():
+        stats = {f"{name}_acc": float((out[name].argmax(-1) == getattr(target, name)).float().mean())
+                 for name in ("kind", "row", "col")}
+        if bool(on.any()):
+            stats["edge_err"] = float((out["offsets"][on] - target.offsets[on]).abs().mean())
+    return sum(losses.values()), stats
+
+
+class JointLoss(nn.Module):
+    """Joint training's packed forward: summed CE of the answers, plus (when targets are given) the dense loss on the
+    merger output and on the image tokens' hidden state after LLM layer `probe_layer`."""
+
+    def __init__(self, vlm: nn.Module, probe_layer: int = 1, head: DenseHead | None = None):
+        super().__init__()
+        self.vlm = vlm
+        width = vlm.config.text.hidden_size
+        self.head = head or DenseHead(width)  # the vision stage's head, trained on, when given
+        self.probe = DenseHead(width)
+        self.probe_layer = min(probe_layer, vlm.config.text.num_hidden_layers - 1)
+
+    def features(self, batch: PackedBatch) -> torch.Tensor:
+        return self.vlm.visual(batch.pixel_values, batch.image_grid_thw)  # (N / 4, C) in token order
+
+    def forward(self, batch: PackedBatch, targets: DenseTargets | None = None, features=None):
+        """(summed CE, dense loss or None, stats). `features` replaces the tower's output (the shuffled gap)."""
+        vlm = self.vlm
+        cfg = vlm.config
+        features = self.features(batch) if features is None else features
+        is_image = batch.input_ids == cfg.image_token_id  # (1, T)
+        embeds = vlm.model.embed_tokens(batch.input_ids).masked_scatter(is_image[..., None], features)
+        text = vlm.model
+        cos, sin = mrope_cos_sin(batch.position_ids, cfg.text.head_dim, cfg.text.rope_theta,
+                                 cfg.text.mrope_section, embeds.dtype)
+        spec = AttnSpec(plan=VarlenPlan.build(batch.cu_seqlens, embeds.device))
+        x, probe = embeds, None
+        for i, layer in enumerate(text.layers):
+            x = layer(x, cos, sin, spec, i)
+            if i == self.probe_layer:
+                probe = x[0][is_image[0]]  # (image tokens, C)
+        hidden = text.norm(x)
+        ce = chunked_cross_entropy(hidden[0], vlm.lm_head.weight, batch.labels[0])
+        if targets is None:
+            return ce, None, {}
+        dense, stats = dense_loss(self.head(features), targets)
+        probed, _ = dense_loss(self.probe(probe), targets)
+        return ce, dense + probed, stats
+
+
+@torch.no_grad()
+def shuffled_gap(loss_fn: JointLoss, groups: list[PackedBatch]) -> tuple[float, float]:
+    """(mean CE with the right images, mean CE with images rolled by one across each pack). Each pack holds
+    samples whose images share one grid, so a rolled image has the same token count."""
+    right = wrong = targets = 0.0
+    for batch in groups:
+        features = loss_fn.features(batch)
+        k = batch.image_grid_thw.shape[0]
+        rolled = features.view(k, -1, features.shape[-1]).roll(1, dims=0).reshape_as(features)
+        right += float(loss_fn(batch, features=features)[0])
+        wrong += float(loss_fn(batch, features=rolled)[0])
+        targets += batch.num_targets
+    return right / targets, wrong / targets

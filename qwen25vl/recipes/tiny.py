@@ -1,0 +1,312 @@
+"""The embedded tiny model's recipe, top to bottom: data -> tokenizer -> vision bootstrap -> joint training -> export
+-> held-out evaluation. `make tiny-model` runs `python -m qwen25vl.recipes.tiny --out build/tiny`.
+
+1. The grounding engine at 224 px (detect, refer, point, count, absent); the tiny tokenizer on its train split.
+2. Vision-only stage: ViT + merger with a throwaway head on every merged token (`bootstrap.DenseHead`).
+3. Joint training from that ViT (ViT lr 0.2x), the dense losses (merger output and LLM layer 1) on for the first
+   half, the default system prompt before the image (the chat template adds it). Every `--log-every` steps the log
+   holds the shuffled-image gap: CE with images rolled across a pack minus CE with the right ones (> 0: not blind).
+4. Export a plain Qwen2.5-VL folder (bf16) through `save_pretrained`; the heads are dropped.
+Each stage is skipped when its output exists, so a stopped run continues from the last finished stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from qwen25vl.config import Qwen25VLConfig
+from qwen25vl.data.packing import collate_pack
+from qwen25vl.recipes.bootstrap import DenseHead, DenseTargets, JointLoss, dense_loss, dense_targets, scene_of, \
+    shuffled_gap
+from qwen25vl.train.optim import build_optimizer, warmup_cosine
+
+DATA_OPTIONS = {"size": 224, "max_objects": 4}
+GAP_RECORDS = 96  # held-out records whose packs measure the shuffled-image gap
+
+
+def tiny_config() -> Qwen25VLConfig:
+    """ViT 64 wide x 4 blocks (windows of 112 px, block 3 full attention), LLM 128 x 3, the tiny vocabulary: the
+    tiny preset (its token ids and head counts) made wider and deeper."""
+    preset = Qwen25VLConfig.preset("tiny")
+    text = dataclasses.replace(preset.text, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
+                               mrope_section=(4, 6, 6))
+    vision = dataclasses.replace(preset.vision, depth=4, hidden_size=64, intermediate_size=192,
+                                 fullatt_block_indexes=(3,), out_hidden_size=128)
+    return dataclasses.replace(preset, text=text, vision=vision, torch_dtype="bfloat16")
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# --- 1. data and tokenizer ---------------------------------------------------------------------------------------
+
+def make_data(root: Path, train: int, heldout: int, seed: int = 0) -> Path:
+    from qwen25vl.data.synth import write_dataset
+
+    if not (root / "manifest.json").is_file():
+        write_dataset("grounding", root, train=train, heldout=heldout, seed=seed, progress=False, **DATA_OPTIONS)
+    return root
+
+
+def make_base(data: Path, base: Path, config: Qwen25VLConfig) -> Path:
+    """Tokenizer, preprocessor and generation files (the model folder without weights)."""
+    from qwen25vl.data.synth.tokenizer import train_from_datasets
+    from qwen25vl.testing.tokenizer import write_preprocessor_config
+
+    if not (base / "tokenizer.json").is_file():
+        train_from_datasets([data], base)
+    write_preprocessor_config(base)
+    (base / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    generation = {"bos_token_id": config.bos_token_id, "pad_token_id": config.bos_token_id,
+                  "eos_token_id": [config.eos_token_id, config.bos_token_id], "do_sample": False}
+    (base / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    return base
+
+
+def data_options(data: Path) -> dict:
+    """The engine options the dataset was written with (the replayed scenes need them)."""
+    return json.loads((data / "manifest.json").read_text())["options"]
+
+
+def read_split(data: Path, split: str):
+    from qwen25vl.data.records import read_records
+
+    records = list(read_records(data / f"{split}.jsonl"))
+    metas = [json.loads(line) for line in (data / f"{split}.meta.jsonl").read_text().splitlines()]
+    return records, metas
+
+
+class Targets:
+    """Dense targets per sample seed, replayed from the engine once and kept."""
+
+    def __init__(self, options: dict):
+        self.options, self.cache = options, {}
+
+    def __call__(self, seed: int) -> DenseTargets:
+        if seed not in self.cache:
+            image, things = scene_of(seed, self.options)
+            self.cache[seed] = dense_targets(things, image.size)
+        return self.cache[seed]
+
+
+# --- 2. vision-only stage ------------------------------------------------------------------------------------------
+
+def vision_stage(vlm, data: Path, *, steps: int, batch: int, lr: float, seed: int, log) -> DenseHead:
+    from qwen25vl.processing.image import process_image
+
+    _, metas = read_split(data, "train")
+    targets = Targets(data_options(data))
+    head = DenseHead(vlm.config.vision.out_hidden_size)
+    params = [p for n, p in vlm.named_parameters() if n.startswith("visual.")] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    stats = {}
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * warmup_cosine(step, max(1, steps // 20), steps, 0.1)
+        chosen = rng.sample(metas, batch)
+        images = [process_image(data / _image_path(data, m)) for m in chosen]
+        pixels = torch.cat([im.pixel_values for im in images])
+        grids = torch.tensor([im.grid_thw for im in images])
+        loss, stats = dense_loss(head(vlm.visual(pixels, grids)), DenseTargets.cat([targets(m["seed"]) for m in chosen]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 10 == 0 or step == steps - 1:
+            log({"stage": "vision", "step": step + 1, "loss": float(loss.detach()), **stats})
+    return head
+
+
+_IMAGE_PATHS: dict = {}
+
+
+def _image_path(data: Path, meta: dict) -> str:
+    """The image of a meta line (the record with the same id)."""
+    if not _IMAGE_PATHS:
+        for split in ("train", "heldout"):
+            records, metas = read_split(data, split)
+            for r, m in zip(records, metas):
+                _IMAGE_PATHS[m["id"]] = r.messages[0]["content"][0]["image"]
+    return _IMAGE_PATHS[meta["id"]]
+
+
+# --- 3. joint training -----------------------------------------------------------------------------------------------
+
+def gap_packs(encoder, records, metas, count: int, per_pack: int = 8) -> list:
+    """Packs of held-out samples sharing one image grid (so images can be rolled across a pack)."""
+    by_size: dict = {}
+    for r, m in list(zip(records, metas))[:count]:
+        by_size.setdefault(tuple(m["truth"]["size"]), []).append(r)
+    packs = []
+    for group in by_size.values():
+        for i in range(0, len(group) - 1, per_pack):
+            chunk = group[i:i + per_pack]
+            if len(chunk) > 1:
+                packs.append(collate_pack([encoder(r) for r in chunk]))
+    return packs
+
+
+def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: float, vision_ratio: float,
+                dense_until: float, seed: int, log_every: int, log, head: DenseHead | None = None,
+                save=None, save_every: int = 200) -> dict:
+    from qwen25vl.data.encoding import Encoder
+
+    encoder = Encoder.from_pretrained(base, config=vlm.config)
+    records, metas = read_split(data, "train")
+    held_records, held_metas = read_split(data, "heldout")
+    gap_set = gap_packs(encoder, held_records, held_metas, GAP_RECORDS)
+    targets = Targets(data_options(data))
+    loss_fn = JointLoss(vlm, head=head)
+    rates = {"vision": lr * vision_ratio, "merger": lr, "llm": lr}
+    opt = build_optimizer(loss_fn, rates, weight_decay=0.01)
+    for g in opt.param_groups:
+        g["base_lr"] = g["lr"]
+    order = list(range(len(records)))
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    pos, last = 0, {}
+    t0 = time.perf_counter()
+    for step in range(steps):
+        factor = warmup_cosine(step, max(1, steps // 50), steps, 0.1)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        if pos + batch > len(order):
+            rng.shuffle(order)
+            pos = 0
+        chosen, pos = order[pos:pos + batch], pos + batch
+        pack = collate_pack([encoder(records[i]) for i in chosen])
+        dense_on = step < dense_until * steps
+        want = DenseTargets.cat([targets(metas[i]["seed"]) for i in chosen]) if dense_on else None
+        ce, dense, stats = loss_fn(pack, want)
+        loss = ce / pack.num_targets + (dense if dense is not None else 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), 1.0)
+        opt.step()
+        entry = {"stage": "joint", "step": step + 1, "ce": float(ce.detach()) / pack.num_targets,
+                 "dense": float(dense) if dense is not None else None, "grad_norm": float(norm),
+                 "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.perf_counter() - t0, 1), **stats}
+        if (step + 1) % log_every == 0 or step == steps - 1:
+            right, wrong = shuffled_gap(loss_fn, gap_set)
+            entry.update(heldout_ce=right, shuffled_ce=wrong, shuffled_gap=wrong - right)
+            last = entry
+        if (step + 1) % 10 == 0 or "shuffled_gap" in entry:
+            log(entry)
+        if save is not None and (step + 1) % save_every == 0:
+            save(step + 1)  # an exported model at hand if the run is stopped
+    return last
+
+
+# --- 4. export -------------------------------------------------------------------------------------------------------
+
+def export(vlm, base: Path, out: Path) -> Path:
+    """A plain Qwen2.5-VL folder in bf16: weights through save_pretrained, the base folder's other files."""
+    import copy
+
+    out.mkdir(parents=True, exist_ok=True)
+    copy.deepcopy(vlm).to(torch.bfloat16).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.json", "preprocessor_config.json",
+                 "generation_config.json"):
+        if (base / name).is_file():
+            shutil.copy(base / name, out / name)
+    return out
+
+
+# --- the chain ---------------------------------------------------------------------------------------------------------
+
+def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batch: int, joint_steps: int,
+          joint_batch: int, lr: float, seed: int = 0, log_every: int = 50, threads: int = 1) -> Path:
+    from qwen25vl.model.vlm import Qwen25VL
+    from qwen25vl.testing.checkpoint import init_random_weights
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "log.jsonl"
+
+    def log(entry: dict) -> None:
+        with log_path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+        say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
+
+    times = {}
+    t = time.perf_counter()
+    data = make_data(out / "data" / "grounding", train, heldout, seed)
+    config = tiny_config()
+    base = make_base(data, out / "base", config)
+    times["data_and_tokenizer_s"] = time.perf_counter() - t
+    vlm = Qwen25VL(config)
+    if any(p.is_meta for p in vlm.parameters()):
+        vlm = vlm.to_empty(device="cpu")
+    init_random_weights(vlm, seed, embed_std=1.0, gain=1.0)
+    vlm.float()
+    say(f"model: {sum(p.numel() for p in vlm.parameters()) / 1e6:.2f}M parameters")
+    t = time.perf_counter()
+    head = vision_stage(vlm, data, steps=vision_steps, batch=vision_batch, lr=2e-3, seed=seed, log=log)
+    times["vision_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    joint_stage(vlm, base, data, steps=joint_steps, batch=joint_batch, lr=lr, vision_ratio=0.2, dense_until=0.5,
+                seed=seed, log_every=log_every, log=log, head=head,
+                save=lambda step: export(vlm, base, out / "model-partial"))
+    times["joint_s"] = time.perf_counter() - t
+    folder = export(vlm, base, out / "model")
+    (out / "times.json").write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
+    say(f"wrote {folder}; times {times}")
+    return folder
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m qwen25vl.recipes.tiny", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="build/tiny")
+    p.add_argument("--train", type=int, default=6000)
+    p.add_argument("--heldout", type=int, default=300)
+    p.add_argument("--vision-steps", type=int, default=200)
+    p.add_argument("--vision-batch", type=int, default=24)
+    p.add_argument("--joint-steps", type=int, default=1200)
+    p.add_argument("--joint-batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--evaluate", action="store_true", help="then score the held-out split (tiny_eval)")
+    p.add_argument("--install", help="then copy the model, its scores and model card to this folder")
+    args = p.parse_args(argv)
+    folder = build(Path(args.out), train=args.train, heldout=args.heldout, vision_steps=args.vision_steps,
+                   vision_batch=args.vision_batch, joint_steps=args.joint_steps, joint_batch=args.joint_batch,
+                   lr=args.lr, seed=args.seed, log_every=args.log_every, threads=args.threads)
+    if args.evaluate:
+        from qwen25vl.recipes.tiny_eval import evaluate
+
+        scores = evaluate(folder, Path(args.out) / "data" / "grounding")
+        (folder / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    if args.install:
+        install(folder, Path(args.out), Path(args.install))
+    return 0
+
+
+def install(folder: Path, run: Path, dest: Path) -> Path:
+    """Copy the exported model (and scores.json when evaluated) to `dest` and write MODEL_CARD.md there."""
+    from qwen25vl.recipes.tiny_eval import model_card
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in folder.iterdir():
+        if path.is_file():
+            shutil.copy(path, dest / path.name)
+    (dest / "MODEL_CARD.md").write_text(model_card(dest, run))
+    say(f"installed {dest}")
+    return dest
+
+
+if __name__ == "__main__":
+    sys.exit(main())
