@@ -18,7 +18,7 @@ SIZES = dict(vocab_size=65536, hidden_size=256, intermediate_size=1024, num_hidd
 TOKENS = 256
 
 MEASURE = f"""
-import json, resource, torch
+import json, torch
 torch.set_num_threads(1)
 from qwen25vl.data.packing import PackedBatch
 from qwen25vl.model.vlm import Qwen25VL
@@ -40,7 +40,10 @@ ids = torch.randint(0, 500, (1, {TOKENS}))
 batch = PackedBatch(ids, ids.clone(), torch.arange({TOKENS}).expand(3, 1, -1), torch.tensor([0, {TOKENS}]).int())
 for _ in range(2):
     train_step(loss_fn, opt, sched, [batch], global_targets={TOKENS})
-print(json.dumps({{"base": base, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+# VmHWM, the address space's own high-water mark: ru_maxrss would keep a forking parent's size across exec
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+print(json.dumps({{"base": base, "peak": peak}}))
 """
 
 
