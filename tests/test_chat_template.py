@@ -495,3 +495,13 @@ def test_system_parts_with_tools_and_their_mistakes():
         render_text(system("a", {"type": "text", "text": 3}), tools=TOOLS)
     with pytest.raises(InputError, match=r"^messages\[0\]\.content\[0\]: unsupported content part type"):
         media_parts([{"role": "user", "content": [{"type": "input_audio"}]}])
+
+
+def test_conversation_opening_with_tool_results(tok, hf_tok):
+    # the first message a tool result (no system turn): its user header comes from being first, not from the turn before
+    messages = [{"role": "tool", "content": "A"}, {"role": "tool", "content": "B"},
+                {"role": "assistant", "content": "Seen."}, {"role": "tool", "content": "C"}]
+    ref = hf_tok.apply_chat_template(messages, tools=TOOLS, chat_template=QWEN25_INSTRUCT_TEMPLATE, tokenize=False)
+    ref = ref.replace(QWEN25_TEXT_DEFAULT_SYSTEM, "You are a helpful assistant.")
+    assert render(messages, tokenizer=tok, tools=TOOLS).text == ref
+    assert ref.count("<|im_start|>user") == 2

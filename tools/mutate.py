@@ -139,6 +139,8 @@ EQUIVALENT: dict[str, str] = {
     "qwen25vl.generation.sampling.x_seen_mask__mutmut_17": "-2 is an invalid id as -1 is: skipped the same way",
     "qwen25vl.generation.sampling.x_seen_mask__mutmut_32": "one more dropped column",
     "qwen25vl.generation.sampling.x_seen_mask__mutmut_37": "id == vocab_size lands in the dropped column either way",
+    # processing/chat_template.py
+    "qwen25vl.processing.chat_template.x__tojson__mutmut_2": "ensure_ascii=None is falsy, as False is",
     # vision_layout.py
     **{f"qwen25vl.vision_layout.x__make_layout__mutmut_{n}": _CPU for n in (50, 51, 53, 55, 57, 59, 61)},
     "qwen25vl.vision_layout.x_grids_from_tensor__mutmut_2": "a tensor iterated row by row gives the same ints",
