@@ -8,6 +8,9 @@ import sys
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="training data tools")
     sub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+    from qwen25vl.data.synth.cli import register_synth
+
+    register_synth(sub)
     convert = sub.add_parser("convert", help="convert LLaVA/ShareGPT or ms-swift annotations to our records")
     convert.add_argument("source", help="input .json (a list) or .jsonl")
     convert.add_argument("target", help="output .jsonl")
