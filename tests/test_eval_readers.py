@@ -30,7 +30,7 @@ def _read(task: str, data: Path):
 
 
 def _write_parquet(path: Path, rows: list[dict]) -> Path:
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # in the test extra: a missing install fails, it does not skip
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
