@@ -13,6 +13,8 @@ def test_area_exactly_at_the_cap_is_kept():
     # 290 x 560 rounds to 280 x 560 = 156,800 = max_pixels: not over the cap, so no rescale (a rescale would give
     # 280 x 532); transformers compares with `>` too
     assert smart_resize(290, 560, min_pixels=1, max_pixels=156_800) == (280, 560)
+    # and at the floor: 60 x 50 rounds to 56 x 56 = 3,136 = min_pixels, kept (a rescale would give 84 x 56)
+    assert smart_resize(60, 50, min_pixels=3136) == (56, 56)
 
 
 @pytest.mark.parametrize("h, w", [(0, 10), (10, 0), (-5, 10)])
@@ -33,11 +35,16 @@ def test_limit_messages_name_the_bound_and_the_value():
 
 
 def test_total_budget_is_shared_by_resized_area():
-    # two 560 x 280 (w x h) images resize to themselves (156,800 px each); a total of 156,800 halves each item's
-    # max: sqrt(2) smaller, floored to 28 -> 196 x 392
-    images = [Image.fromarray(np.zeros((280, 560, 3), np.uint8)) for _ in range(2)]
-    out = process_images(images, total_pixels=156_800, max_workers=1)
-    assert [o.grid_thw for o in out] == [(1, 14, 28)] * 2
-    # a budget the items already fit changes nothing
-    out = process_images(images, total_pixels=2 * 156_800, max_workers=1)
-    assert [o.grid_thw for o in out] == [(1, 20, 40)] * 2
+    # 560 x 280 and 280 x 280 (w x h) resize to themselves: 156,800 + 78,400 px. A total of 117,600 halves each
+    # item's max (shares in proportion to the resized areas): sqrt(2) smaller, floored to 28 -> 392 x 196 and
+    # 196 x 196
+    images = [Image.fromarray(np.zeros((280, w, 3), np.uint8)) for w in (560, 280)]
+    out = process_images(images, total_pixels=117_600, max_workers=1)
+    assert [o.grid_thw for o in out] == [(1, 14, 28), (1, 14, 14)]
+    # a budget the items exactly fit changes nothing
+    out = process_images(images, total_pixels=235_200, max_workers=1)
+    assert [o.grid_thw for o in out] == [(1, 20, 40), (1, 20, 20)]
+    # an item's own cap counts in its share: 392 x 196 capped at 78,400 -> 76,832 px; shares of 117,600 over
+    # 76,832 + 78,400: max 58,206 -> 336 x 168, and max 59,396 -> 224 x 224
+    out = process_images(images, total_pixels=117_600, options=[{"max_pixels": 78_400}, None], max_workers=1)
+    assert [o.grid_thw for o in out] == [(1, 12, 24), (1, 16, 16)]
