@@ -48,3 +48,8 @@ def test_total_budget_is_shared_by_resized_area():
     # 76,832 + 78,400: max 58,206 -> 336 x 168, and max 59,396 -> 224 x 224
     out = process_images(images, total_pixels=117_600, options=[{"max_pixels": 78_400}, None], max_workers=1)
     assert [o.grid_thw for o in out] == [(1, 12, 24), (1, 16, 16)]
+    # small images held up by their own min_pixels: over the budget their min follows the shrunk share too.
+    # 20 x 20 with min 12,544 -> 112 x 112 each; a total of 12,544 gives each 6,272 px -> 84 x 84 (not 112 x 112)
+    small = [Image.fromarray(np.zeros((20, 20, 3), np.uint8)) for _ in range(2)]
+    out = process_images(small, total_pixels=12_544, options=[{"min_pixels": 12_544}] * 2, max_workers=1)
+    assert [o.grid_thw for o in out] == [(1, 6, 6)] * 2

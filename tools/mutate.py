@@ -141,6 +141,9 @@ EQUIVALENT: dict[str, str] = {
     "qwen25vl.generation.sampling.x_seen_mask__mutmut_37": "id == vocab_size lands in the dropped column either way",
     # processing/chat_template.py
     "qwen25vl.processing.chat_template.x__tojson__mutmut_2": "ensure_ascii=None is falsy, as False is",
+    # processing/image.py (resize math)
+    "qwen25vl.processing.image.x__share_budget__mutmut_22":
+        "at exactly the budget a shrink of 1 caps each item at its own resized area: the same sizes",
     # vision_layout.py
     **{f"qwen25vl.vision_layout.x__make_layout__mutmut_{n}": _CPU for n in (50, 51, 53, 55, 57, 59, 61)},
     "qwen25vl.vision_layout.x_grids_from_tensor__mutmut_2": "a tensor iterated row by row gives the same ints",
