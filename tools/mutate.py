@@ -144,6 +144,8 @@ EQUIVALENT: dict[str, str] = {
     # processing/image.py (resize math)
     "qwen25vl.processing.image.x__share_budget__mutmut_22":
         "at exactly the budget a shrink of 1 caps each item at its own resized area: the same sizes",
+    # tasks/grounding.py
+    "qwen25vl.tasks.grounding.x_format_grounding__mutmut_4": "ensure_ascii=None is falsy, as False is",
     # vision_layout.py
     **{f"qwen25vl.vision_layout.x__make_layout__mutmut_{n}": _CPU for n in (50, 51, 53, 55, 57, 59, 61)},
     "qwen25vl.vision_layout.x_grids_from_tensor__mutmut_2": "a tensor iterated row by row gives the same ints",
