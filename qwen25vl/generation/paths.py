@@ -7,7 +7,7 @@ from pathlib import Path
 
 from qwen25vl.errors import CheckpointError, InputError
 
-# Where the embedded tiny model will ship (a folder in the package); until then a path must be given.
+# The embedded tiny model (a folder in the package, `make tiny-model`): used when no path is given.
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny-model"
 NO_EMBEDDED_MODEL = "no --model given and no embedded model ships yet"
 

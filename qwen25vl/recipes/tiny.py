@@ -195,7 +195,7 @@ def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: floa
         norm = torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), 1.0)
         opt.step()
         entry = {"stage": "joint", "step": step + 1, "ce": float(ce.detach()) / pack.num_targets,
-                 "dense": float(dense) if dense is not None else None, "grad_norm": float(norm),
+                 "dense": float(dense.detach()) if dense is not None else None, "grad_norm": float(norm),
                  "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.perf_counter() - t0, 1), **stats}
         if (step + 1) % log_every == 0 or step == steps - 1:
             right, wrong = shuffled_gap(loss_fn, gap_set)

@@ -1,0 +1,44 @@
+"""`make demo`'s core: unseen scenes, grounding JSON with boxes inside the image, the drawn file, the verdicts."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import qwen25vl
+from qwen25vl.demo import DEMO_SEED_BASE, reliability, run_demo
+
+ASSET = Path(qwen25vl.__file__).parent / "assets" / "tiny-model"
+
+
+def test_demo_seeds_lie_outside_the_train_and_held_out_ranges():
+    from qwen25vl.data.synth.common import MAX_INDEX, MAX_SEED, SPLIT_BASES
+
+    assert DEMO_SEED_BASE >= SPLIT_BASES["heldout"] + MAX_SEED * MAX_INDEX
+    assert DEMO_SEED_BASE >= SPLIT_BASES["train"] + MAX_SEED * MAX_INDEX
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="no embedded model")
+def test_demo_answer_parses_as_grounding_json_inside_the_image(tmp_path):
+    from PIL import Image
+
+    from qwen25vl.tasks.grounding import parse_grounding
+
+    (result,) = run_demo(out=tmp_path, scenes=1)
+    parsed = parse_grounding(result["answer"])
+    assert parsed.boxes, result["answer"]
+    w, h = result["size"]
+    assert all(0 <= b[0] <= b[2] < w and 0 <= b[1] <= b[3] < h for b in parsed.boxes)
+    assert result["inside_image"] and result["json"] == [g.to_dict() for g in parsed.items]
+    assert Image.open(result["drawn"]).size[0] >= w
+    assert isinstance(result["count"], int)
+
+
+def test_reliability_says_not_reliable_below_three_standard_errors(tmp_path):
+    scores = {"grounding": {"score": 0.2, "se": 0.05, "baseline": 0.1, "n": 100, "reliable": False},
+              "count": {"score": 0.9, "se": 0.03, "baseline": 0.4, "n": 100, "reliable": True}}
+    (tmp_path / "scores.json").write_text(json.dumps({"scores": scores}))
+    lines = reliability(tmp_path)
+    assert any(line.startswith("locating objects") and "NOT reliable" in line for line in lines)
+    assert any(line.startswith("counting: RELIABLE") for line in lines)
+    assert "unreliable" in reliability(tmp_path / "missing")[0]
