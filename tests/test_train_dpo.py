@@ -75,3 +75,101 @@ def test_gradient_raises_the_chosen_and_lowers_the_rejected():
 def test_bad_options_are_config_errors(options):
     with pytest.raises(ConfigError):
         preference_loss(PC, PR, RC, RR, **options)
+
+
+# --- packed pairs on a tiny random model ----------------------------------------------------------------------------
+from qwen25vl.data.records import parse_record  # noqa: E402
+from qwen25vl.data.toy import toy_records  # noqa: E402
+from qwen25vl.errors import InputError  # noqa: E402
+from qwen25vl.train.dpo import IGNORE, PairLogps, collate_pairs, encode_pair  # noqa: E402
+
+
+def preference_records(folder, count=5, seed=0):
+    """Toy records (text, one image, two images, a grounding answer, a video) as pairs: the last answer is chosen,
+    a shuffled one rejected; earlier turns stay in the prompt."""
+    out = []
+    for i, obj in enumerate(toy_records(folder, count, seed)):
+        *prompt, answer = obj["messages"]
+        words = answer["content"].split()
+        rejected = " ".join(reversed(words)) + " no" if len(words) > 1 else "no " + answer["content"]
+        out.append(parse_record({"messages": prompt, "chosen": answer["content"], "rejected": rejected},
+                                where=f"pairs.jsonl:{i + 1}", root=folder))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from qwen25vl.data.encoding import Encoder
+    from qwen25vl.model.vlm import Qwen25VL
+    from qwen25vl.testing.checkpoint import make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("dpo")
+    folder = make_tiny_checkpoint(root / "model", seed=3)
+    torch.manual_seed(0)
+    vlm = Qwen25VL.from_pretrained(folder, dtype=torch.float32, progress=False)
+    encoder = Encoder.from_pretrained(folder, config=vlm.config)
+    return vlm, encoder, preference_records(root / "data")
+
+
+def _unpacked_logps(vlm, sample):
+    """The model's own forward on one sequence (it computes its positions itself): summed log-probs of the labels."""
+    out = vlm(sample.input_ids[None], pixel_values=sample.pixel_values, image_grid_thw=sample.image_grid_thw,
+              pixel_values_videos=sample.pixel_values_videos, video_grid_thw=sample.video_grid_thw,
+              second_per_grid_ts=sample.second_per_grid_ts)
+    logps = torch.log_softmax(out.logits[0].float(), -1)
+    keep = sample.labels != IGNORE
+    return logps[keep].gather(1, sample.labels[keep][:, None]).sum()
+
+
+def test_only_the_answer_is_labelled(tiny):
+    vlm, encoder, records = tiny
+    two_turns = next(r for r in records if sum(m["role"] == "assistant" for m in r.messages))
+    pair = encode_pair(encoder, two_turns)
+    whole = encoder(two_turns)  # SFT's labels: every assistant turn, the earlier one included
+    assert 0 < pair.chosen.num_targets < whole.num_targets
+    answer = encoder.tokenizer.encode(two_turns.chosen[0]["content"])
+    kept = pair.chosen.labels[pair.chosen.labels != IGNORE].tolist()
+    assert kept[:len(answer)] == answer and len(kept) == len(answer) + 2  # the answer, <|im_end|>, "\n"
+
+
+def test_packed_logps_equal_one_by_one(tiny):
+    vlm, encoder, records = tiny
+    pairs = [encode_pair(encoder, r) for r in records]
+    assert sum(p.chosen.pixel_values is not None for p in pairs) >= 3 and any(p.chosen.pixel_values_videos
+                                                                            is not None for p in pairs)
+    with torch.no_grad():
+        packed = PairLogps(vlm)(collate_pairs(pairs))
+        alone = torch.stack([PairLogps(vlm)(collate_pairs([p]))[0] for p in pairs])
+        plain = torch.tensor([[_unpacked_logps(vlm, p.chosen), _unpacked_logps(vlm, p.rejected)] for p in pairs])
+    assert packed.shape == (len(pairs), 2) and (packed < 0).all()
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-4)
+    assert (packed[:, 0] != packed[:, 1]).all()  # chosen and rejected are told apart
+
+
+def test_each_pairs_images_go_through_the_vit_once_per_pack(tiny):
+    vlm, encoder, records = tiny
+    pairs = [encode_pair(encoder, r) for r in records]
+    calls = []
+    hook = vlm.visual.register_forward_hook(lambda module, args, out: calls.append(int(args[0].shape[0])))
+    try:
+        with torch.no_grad():
+            PairLogps(vlm)(collate_pairs(pairs))
+            PairLogps(vlm)(collate_pairs([pairs[0]]))  # text only: no ViT call at all on one process
+    finally:
+        hook.remove()
+    once = sum(int(m.shape[0]) for p in pairs for m in (p.chosen.pixel_values, p.chosen.pixel_values_videos)
+               if m is not None)
+    assert calls == [once]  # one call, each pair's patches once (not once per answer)
+
+
+def test_answers_with_media_or_missing_pairs_are_input_errors(tiny):
+    _, encoder, records = tiny
+    sft = parse_record({"messages": records[0].messages + [{"role": "assistant", "content": "x"}]}, where="d:7")
+    with pytest.raises(InputError, match="d:7: not a preference record"):
+        encode_pair(encoder, sft)
+    image_answer = [{"role": "user", "content": [{"type": "image", "image": "a.png"}, {"type": "text", "text": "q"}]},
+                    {"role": "assistant", "content": "a"}]
+    bad = parse_record({"messages": records[0].messages, "chosen": image_answer, "rejected": "b"}, where="d:9")
+    with pytest.raises(InputError, match=r"d:9: chosen\[0\].content\[0\]: a image inside an answer"):
+        encode_pair(encoder, bad)
