@@ -173,3 +173,87 @@ def test_answers_with_media_or_missing_pairs_are_input_errors(tiny):
     bad = parse_record({"messages": records[0].messages, "chosen": image_answer, "rejected": "b"}, where="d:9")
     with pytest.raises(InputError, match=r"d:9: chosen\[0\].content\[0\]: a image inside an answer"):
         encode_pair(encoder, bad)
+
+
+# --- steps and the recipe -------------------------------------------------------------------------------------------
+import copy  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from qwen25vl.recipes.dpo import DPO, PairLoader, reference_logps, train_dpo  # noqa: E402
+from qwen25vl.train.dpo import dpo_step  # noqa: E402
+from qwen25vl.train.optim import build_optimizer, build_scheduler, set_trainable  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_policy_equal_to_reference_gives_log_2_and_steps_leave_the_vit_alone(tiny):
+    vlm, encoder, records = tiny
+    vlm = copy.deepcopy(vlm)
+    set_trainable(vlm, DPO.train)
+    loss_fn = PairLogps(vlm)
+    loader = PairLoader(records, encoder, budget=2048, packs_per_step=1)
+    table = reference_logps(loss_fn, loader, "cpu")
+    optimizer = build_optimizer(loss_fn, {"llm": 1e-3})
+    scheduler = build_scheduler(optimizer, warmup=0, total=10)
+    visual = {k: v.clone() for k, v in vlm.visual.state_dict().items()}
+    llm = vlm.model.layers[0].mlp.up_proj.weight.clone()
+    steps = iter(loader)
+    first = dpo_step(loss_fn, optimizer, scheduler, next(steps).micro_batches, table, global_pairs=len(records))
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5) and abs(first["margin"]) < 1e-5
+    assert first["accuracy"] == 0 and first["chosen_logps"] < 0 and first["grad_norm"] > 0
+    dpo_step(loss_fn, optimizer, scheduler, next(steps).micro_batches, table, global_pairs=len(records))
+    assert all(p.grad is None and not p.requires_grad for p in vlm.visual.parameters())
+    assert all(torch.equal(v, visual[k]) for k, v in vlm.visual.state_dict().items())  # merger included
+    assert not torch.equal(llm, vlm.model.layers[0].mlp.up_proj.weight)
+
+
+def _write_pairs(folder, count):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pairs.jsonl"
+    with path.open("w") as f:
+        for record in preference_records(folder, count, seed=1):
+            f.write(json.dumps(record.to_json()) + "\n")
+    return path
+
+
+def test_toy_run_raises_the_margin_and_a_killed_run_resumes_with_the_stored_reference(tmp_path, tiny):
+    from qwen25vl.cli import main
+    from qwen25vl.model.vlm import Qwen25VL
+    from qwen25vl.testing.checkpoint import make_tiny_checkpoint
+
+    start = make_tiny_checkpoint(tmp_path / "start", seed=5)
+    data = _write_pairs(tmp_path / "data", 8)
+    out = tmp_path / "run"
+    args = ["train", "dpo", "--model", str(start), "--data", str(data), "--out", str(out), "--steps", "6",
+            "--packs-per-step", "2", "--budget", "1024", "--lr", "2e-3", "--warmup", "0", "--save-every", "3",
+            "--beta", "0.5"]
+    assert main(args) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3, 4, 5, 6]
+    assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-4) and abs(log[0]["margin"]) < 1e-4
+    assert log[-1]["margin"] > 0.5 and log[-1]["loss"] < 0.5 and log[-1]["accuracy"] == 1.0
+    assert log[-1]["chosen_logps"] > log[-1]["rejected_logps"]
+    before = Qwen25VL.from_pretrained(start, dtype=torch.float32, progress=False)
+    after = Qwen25VL.from_pretrained(out / "hf", dtype=torch.float32, progress=False)
+    assert all(torch.equal(v, before.visual.state_dict()[k]) for k, v in after.visual.state_dict().items())
+    assert not torch.equal(before.model.norm.weight, after.model.norm.weight)
+    # killed after step 4 (checkpoint at 3), resumed: the stored table (the starting policy's) is read again, not
+    # recomputed from the checkpoint, and the steps continue the uninterrupted run's losses
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    killed = subprocess.run([sys.executable, "-m", "qwen25vl", *args[:7], str(run), *args[8:], "--die-after-step",
+                             "4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    stamp = (run / "reference.pt").stat().st_mtime_ns
+    resumed = train_dpo(DPO.replace(steps=6, packs_per_step=2, budget=1024, lr={"llm": 2e-3}, warmup=0,
+                                    save_every=3), data=[str(data)], out=str(run), model=str(start), beta=0.5,
+                        quiet=True)
+    assert [e["step"] for e in resumed] == [4, 5, 6]
+    assert [e["loss"] for e in resumed] == pytest.approx([e["loss"] for e in log[3:]], rel=1e-4)
+    assert (run / "reference.pt").stat().st_mtime_ns == stamp
+    assert torch.equal(torch.load(run / "reference.pt")["logps"], torch.load(out / "reference.pt")["logps"])

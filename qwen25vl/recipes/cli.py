@@ -1,4 +1,4 @@
-"""`qwen25vl train pretrain --stage 1|2|3` and `qwen25vl train sft`: a recipe, a few overrides, the loop."""
+"""`qwen25vl train pretrain --stage 1|2|3`, `train sft` and `train dpo`: a recipe, a few overrides, the loop."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ def register(subparsers) -> None:
     _common(pretrain)
     sft = sub.add_parser("sft", help="supervised fine-tuning with the ViT frozen")
     _common(sft)
+    dpo = sub.add_parser("dpo", help="preference optimisation (DPO, IPO) on chosen/rejected records, ViT frozen")
+    _common(dpo)
+    dpo.add_argument("--beta", type=float, default=0.1, help="strength of the pull to the reference (0.1)")
+    dpo.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO: assumed label noise")
+    dpo.add_argument("--loss", choices=("sigmoid", "ipo"), default="sigmoid", help="DPO's sigmoid loss or IPO")
+    dpo.add_argument("--reference", help="file of the reference log-probs (default: OUT/reference.pt)")
+    dpo.set_defaults(func=cmd_dpo)
     plan = sub.add_parser("plan", help="per-rank memory of a recipe, before anything runs")
     plan.add_argument("--stage", type=int, choices=(1, 2, 3), help="a pretraining stage (default: sft)")
     plan.add_argument("--model", "-m", help="HF folder whose config.json is planned")
@@ -51,10 +58,10 @@ def _common(p) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def recipe_of(args):
+def recipe_of(args, base=None):
     from qwen25vl.recipes.stages import PRETRAIN, SFT
 
-    recipe = PRETRAIN[args.stage] if args.train_command == "pretrain" else SFT
+    recipe = base or (PRETRAIN[args.stage] if args.train_command == "pretrain" else SFT)
     lr = dict(recipe.lr)
     for module, value in (("llm", args.lr), ("vision", args.lr_vision), ("merger", args.lr_merger)):
         if value is not None and recipe.train.get(module, True):
@@ -79,6 +86,16 @@ def cmd_train(args) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+    return 0
+
+
+def cmd_dpo(args) -> int:
+    from qwen25vl.recipes.dpo import DPO, train_dpo
+
+    train_dpo(recipe_of(args, DPO), data=args.data, out=args.out, model=args.model, preset=args.preset,
+              device=args.device, resume=not args.no_resume, max_pixels=args.max_pixels, beta=args.beta,
+              label_smoothing=args.label_smoothing, loss_type=args.loss, reference=args.reference,
+              die_after_step=args.die_after_step)
     return 0
 
 

@@ -38,7 +38,7 @@ from qwen25vl.data.packing import PackedBatch, collate_pack
 from qwen25vl.errors import InputError
 from qwen25vl.model.attention import VarlenPlan
 from qwen25vl.model.text import AttnSpec
-from qwen25vl.train.losses import DEFAULT_CHUNK
+from qwen25vl.train.losses import DEFAULT_CHUNK, token_mean
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -296,3 +296,44 @@ def sequence_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
 def _token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = (hidden @ weight.T).float()  # (n, V); fp32 so that long answers' sums keep their precision
     return -F.cross_entropy(logits, targets, reduction="none")
+
+
+# --- one optimizer step -----------------------------------------------------------------------------------------------
+LOGGED = ("loss", "margin", "accuracy", "chosen_reward", "rejected_reward", "chosen_logps", "rejected_logps")
+
+
+def dpo_step(loss_fn, optimizer, scheduler, micro_batches: list[PairBatch], reference: torch.Tensor, *,
+             global_pairs: int, world_size: int = 1, beta: float = 0.1, label_smoothing: float = 0.0,
+             loss_type: str = "sigmoid", max_grad_norm: float | None = 1.0) -> dict:
+    """Forward + backward of each pack, clip, step. `reference` (records, 2): the starting policy's summed
+    log-probs by record index. Returns the step's means over its pairs (all ranks) of `LOGGED`, grad norm and lr.
+
+    Each pack contributes its summed pair losses / global_pairs (scaled by the world size, as `token_mean` does for
+    SFT's tokens), so the gradient is that of the mean over the step's pairs however they were packed."""
+    sums = torch.zeros(len(LOGGED), dtype=torch.float64)
+    sync = hasattr(loss_fn, "set_requires_gradient_sync")
+    for i, pairs in enumerate(micro_batches):
+        if sync:  # FSDP: reduce-scatter the gradients only once, after the last micro-batch
+            loss_fn.set_requires_gradient_sync(i == len(micro_batches) - 1)
+        logps = loss_fn(pairs)  # (P, 2)
+        ref = reference[pairs.index].to(logps.device, logps.dtype)
+        scale = pairs.tokens.to(logps.device, logps.dtype) if loss_type == "ipo" else torch.ones_like(ref)
+        stats = preference_loss(logps[:, 0] / scale[:, 0], logps[:, 1] / scale[:, 1], ref[:, 0] / scale[:, 0],
+                                ref[:, 1] / scale[:, 1], beta=beta, label_smoothing=label_smoothing,
+                                loss_type=loss_type)
+        token_mean(stats.losses.sum(), global_pairs, world_size).backward()
+        values = (stats.losses, stats.margins, stats.accuracies, stats.chosen_rewards, stats.rejected_rewards,
+                  logps[:, 0], logps[:, 1])  # the logged log-probs are sums, for either loss
+        sums += torch.stack([v.detach().double().sum().cpu() for v in values])
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = None
+    if max_grad_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    lr = max(group["lr"] for group in optimizer.param_groups)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if world_size > 1:
+        dist.all_reduce(sums)
+    return {**{k: float(v) / global_pairs for k, v in zip(LOGGED, sums)}, "grad_norm": norm, "lr": lr}
