@@ -74,15 +74,20 @@ def recipe_of(args, base=None):
 def cmd_train(args) -> int:
     from qwen25vl.recipes.run import train
 
-    import os
-    import sys
-
     train(recipe_of(args), data=args.data, out=args.out, model=args.model, preset=args.preset, device=args.device,
           resume=not args.no_resume, max_pixels=args.max_pixels, die_after_step=args.die_after_step,
           peak_tflops=args.peak_tflops)
+    return _done()
+
+
+def _done() -> int:
+    """Exit status 0; under torchrun, leave now: everything is written and the group is closed, yet gloo's threads
+    can still abort the process in C++ static destructors at interpreter exit (seen: SIGABRT on rank 1, about 1 run
+    in 20), so they are skipped."""
+    import os
+    import sys
+
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Everything is written and the group is closed. Under torchrun, gloo's threads can still abort the process
-        # in C++ static destructors at interpreter exit (seen: SIGABRT on rank 1, about 1 run in 20); skip them.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
@@ -96,7 +101,7 @@ def cmd_dpo(args) -> int:
               device=args.device, resume=not args.no_resume, max_pixels=args.max_pixels, beta=args.beta,
               label_smoothing=args.label_smoothing, loss_type=args.loss, reference=args.reference,
               die_after_step=args.die_after_step)
-    return 0
+    return _done()
 
 
 def cmd_plan(args) -> int:

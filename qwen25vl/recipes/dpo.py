@@ -25,7 +25,7 @@ from qwen25vl.data.loader import PackLoader, Step
 from qwen25vl.data.packing import first_fit_decreasing
 from qwen25vl.data.records import iter_records
 from qwen25vl.errors import CheckpointError
-from qwen25vl.recipes.run import _autocast, _load_model, _millions, _printer, _tensorboard
+from qwen25vl.recipes.run import _autocast, _load_model, _millions, _printer, _tensorboard, resume_latest
 from qwen25vl.recipes.stages import Recipe
 from qwen25vl.train import checkpoint as ckpt
 from qwen25vl.train.distributed import close, init_distributed, shard
@@ -81,15 +81,7 @@ def train_dpo(recipe: Recipe, *, data: list[str], out: str, model: str | None = 
     scheduler = build_scheduler(optimizer, warmup=recipe.warmup, total=recipe.steps, min_ratio=recipe.min_lr_ratio)
 
     # --- resume -------------------------------------------------------------------------------------------------------
-    start = 0
-    found = ckpt.list_checkpoints(out / "checkpoints") if resume else []
-    if found:
-        state = ckpt.load_checkpoint(found[-1], loss_fn, optimizer)
-        scheduler.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["loader"])
-        ckpt.set_rng_state(state["rng"])
-        start = state["step"]
-        say(f"resumed from {found[-1]} at step {start}")
+    start = resume_latest(out, loss_fn, optimizer, scheduler, loader, say) if resume else 0
 
     # --- the loop -----------------------------------------------------------------------------------------------------
     log, writer = [], _tensorboard(out, world.is_main)

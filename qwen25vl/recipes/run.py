@@ -65,15 +65,7 @@ def train(recipe: Recipe, *, data: list[str], out: str, model: str | None = None
         f"skipped {dict(loader.skipped) or 0}")
 
     # --- resume ---------------------------------------------------------------------------------------------------
-    start = 0
-    found = ckpt.list_checkpoints(out / "checkpoints") if resume else []
-    if found:
-        state = ckpt.load_checkpoint(found[-1], loss_fn, optimizer)
-        scheduler.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["loader"])
-        ckpt.set_rng_state(state["rng"])
-        start = state["step"]
-        say(f"resumed from {found[-1]} at step {start}")
+    start = resume_latest(out, loss_fn, optimizer, scheduler, loader, say) if resume else 0
 
     # --- the loop ---------------------------------------------------------------------------------------------------
     log, writer = [], _tensorboard(out, world.is_main)
@@ -146,6 +138,20 @@ def _load_model(model: str | None, preset: str | None, out: Path, seed: int, is_
 
     barrier()
     return vlm, source
+
+
+def resume_latest(out: Path, loss_fn, optimizer, scheduler, loader, say) -> int:
+    """Restore the newest checkpoint under OUT/checkpoints (model, optimizer, schedule, data position, RNG); the
+    step it was taken after, or 0 when there is none."""
+    found = ckpt.list_checkpoints(out / "checkpoints")
+    if not found:
+        return 0
+    state = ckpt.load_checkpoint(found[-1], loss_fn, optimizer)
+    scheduler.load_state_dict(state["scheduler"])
+    loader.load_state_dict(state["loader"])
+    ckpt.set_rng_state(state["rng"])
+    say(f"resumed from {found[-1]} at step {state['step']}")
+    return state["step"]
 
 
 def _autocast(world):
