@@ -3,6 +3,7 @@ step's scale applied to the hidden-state gradient without rounding it to the hid
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from qwen25vl.train.losses import IGNORE, chunked_cross_entropy, full_cross_entropy, token_mean
 
@@ -54,3 +55,65 @@ def test_bf16_hidden_gradient_is_scaled_once_in_fp32():
     scale = torch.tensor(1 / 3)
     assert torch.equal(scaled, (unit.float() * scale).to(torch.bfloat16))
     assert not torch.equal(scaled, (unit.float() * scale.to(torch.bfloat16).float()).to(torch.bfloat16))
+
+
+class _OutputShapes(TorchDispatchMode):
+    """Records the shape of every tensor an op produces (allocations included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+def test_a_frozen_input_gets_no_gradient_buffer():
+    # a frozen head must not cost a (vocab x hidden) fp32 buffer (2 GB at Qwen2.5-VL-7B's vocabulary), nor a frozen
+    # hidden state a (T x hidden) one; vocab != width and some rows unsupervised, so no other op has those shapes
+    hidden, weight, labels = _inputs(rows=9, width=8, vocab=13)
+    frozen_weight, frozen_hidden = weight.detach(), hidden.detach()
+    with _OutputShapes() as seen:
+        loss = chunked_cross_entropy(hidden, frozen_weight, labels, chunk=4)
+    assert tuple(weight.shape) not in seen.shapes and tuple(hidden.shape) in seen.shapes
+    (g,) = torch.autograd.grad(loss, hidden)
+    assert torch.allclose(g, torch.autograd.grad(full_cross_entropy(hidden, frozen_weight, labels), hidden)[0],
+                          atol=1e-6)
+    with _OutputShapes() as seen:
+        chunked_cross_entropy(frozen_hidden, weight, labels, chunk=4)
+    assert tuple(hidden.shape) not in seen.shapes and tuple(weight.shape) in seen.shapes
+
+
+def test_sums_stay_fp32_under_a_bf16_default_dtype():
+    # models are often built under torch.set_default_dtype(torch.bfloat16): the loss and the head's gradient must
+    # still be accumulated in fp32, not in whatever the default is
+    hidden, weight, labels = _inputs(rows=40, width=8, vocab=13, dtype=torch.bfloat16)
+    ref = full_cross_entropy(hidden, weight, labels)
+    (rw,) = torch.autograd.grad(ref, weight)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        loss = chunked_cross_entropy(hidden, weight, labels, chunk=3)
+        (gw,) = torch.autograd.grad(loss, weight)
+    finally:
+        torch.set_default_dtype(previous)
+    assert loss.dtype == torch.float32 and torch.allclose(loss, ref, rtol=1e-6)
+    assert torch.allclose(gw.float(), rw.float(), rtol=2e-2, atol=1e-2)
+
+
+def test_under_autocast_as_single_gpu_training_runs_it():
+    # fp32 hidden states and head under bf16 autocast (the one-GPU recipe): the matmuls run in bf16, the gradient
+    # of the hidden states must come back in their own dtype
+    hidden, weight, labels = _inputs(rows=12, width=8, vocab=13)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = chunked_cross_entropy(hidden, weight, labels, chunk=5)
+        ref = full_cross_entropy(hidden, weight, labels)
+    gh, gw = torch.autograd.grad(loss, (hidden, weight))
+    rh, rw = torch.autograd.grad(ref, (hidden, weight))
+    assert gh.dtype == torch.float32 and gw.dtype == torch.float32
+    assert torch.allclose(loss, ref, rtol=1e-5)
+    assert torch.allclose(gh, rh, rtol=2e-2, atol=1e-2) and torch.allclose(gw, rw, rtol=2e-2, atol=1e-2)

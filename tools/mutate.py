@@ -159,6 +159,21 @@ EQUIVALENT: dict[str, str] = {
     **{f"qwen25vl.model.attention.x__packed__mutmut_{n}": _CUDA for n in range(43, 79)},
     "qwen25vl.model.attention.x_attention__mutmut_11": "max_seqlen is read only by the CUDA varlen kernel",
     "qwen25vl.model.attention.x__grouped_sdpa__mutmut_2": "an output buffer that one group then fills: same values",
+    # data/packing.py
+    **{f"qwen25vl.data.packing.x_collate_pack__mutmut_{n}":
+       "int64 lengths are summed into the int32 cu_seqlens buffer: the same dtype and values" for n in (7, 9)},
+    # train/losses.py
+    "qwen25vl.train.losses.x_full_cross_entropy__mutmut_8": "cross_entropy's default ignore_index is -100 (IGNORE)",
+    "qwen25vl.train.losses.x\u01c1_ChunkedCE\u01c1forward__mutmut_1":
+        "autograd casts a returned gradient to its input's dtype: the head's fp32 gradient becomes bf16 anyway",
+    "qwen25vl.train.losses.x\u01c1_ChunkedCE\u01c1backward__mutmut_11":
+        "autograd casts a returned gradient to its input's dtype: the head's fp32 gradient becomes bf16 anyway",
+    **{f"qwen25vl.train.losses.x\u01c1_ChunkedCE\u01c1forward__mutmut_{n}": _CPU for n in (17, 20, 24, 27, 61, 63)},
+    "qwen25vl.train.losses.x\u01c1_ChunkedCE\u01c1forward__mutmut_44": _DIM,
+    **{f"qwen25vl.train.losses.x\u01c1_ChunkedCE\u01c1forward__mutmut_{n}":
+       "a gradient not wanted is already None: saving it 'anyway' saves None" for n in (77, 79)},
+    # eval/metrics.py
+    "qwen25vl.eval.metrics.x_levenshtein__mutmut_1": "edit distance is symmetric: swapping two strings of equal length",
 }
 
 
