@@ -95,9 +95,11 @@ def test_user_mistakes_are_one_line_errors(folder, media, tmp_path, capsys, argv
     assert err.strip().count("\n") == 0 or err.strip().splitlines()[-1].startswith("qwen25vl: error:")
 
 
-def test_no_model_given(capsys):
-    if (EMBEDDED_MODEL_DIR / "config.json").exists():
-        pytest.skip("an embedded model ships: --model has a default")
+def test_no_model_given_uses_the_embedded_one_or_says_none_ships(capsys, monkeypatch, tmp_path):
+    from qwen25vl.generation import paths
+
+    assert paths.model_path(None) == EMBEDDED_MODEL_DIR  # this checkout ships the embedded model
+    monkeypatch.setattr(paths, "EMBEDDED_MODEL_DIR", tmp_path / "absent")
     code, _, err = _run(capsys, "run", "-p", "hi")
     assert code == 2 and NO_EMBEDDED_MODEL in err
 
