@@ -38,6 +38,22 @@ def inside_image(result, size: tuple[int, int]) -> bool:
     return all(0 <= b[0] <= b[2] < w and 0 <= b[1] <= b[3] < h for b in result.boxes)
 
 
+def clamp_to_image(result, size: tuple[int, int]):
+    """(items with boxes and points clamped into the frame, how many were moved); a tiny model overshoots."""
+    from dataclasses import replace
+
+    w, h = size
+    items, moved = [], 0
+    for g in result.items:
+        g = replace(g, bbox=g.bbox and tuple(round(v) for v in g.bbox), point=g.point and tuple(round(v) for v in g.point))
+        box = g.bbox and (min(max(g.bbox[0], 0), w - 1), min(max(g.bbox[1], 0), h - 1),
+                          min(max(g.bbox[2], 0), w - 1), min(max(g.bbox[3], 0), h - 1))
+        point = g.point and (min(max(g.point[0], 0), w - 1), min(max(g.point[1], 0), h - 1))
+        moved += (box != g.bbox) or (point != g.point)
+        items.append(replace(g, bbox=box, point=point))
+    return items, moved
+
+
 def run_demo(model=None, out: str | Path = "build/demo", scenes: int = 2) -> list[dict]:
     """Locate and count on `scenes` unseen scenes; returns one dict per scene (answers, parsed JSON, files)."""
     import qwen25vl
@@ -56,13 +72,14 @@ def run_demo(model=None, out: str | Path = "build/demo", scenes: int = 2) -> lis
         truth = [list(t.box) for t in sorted(things, key=lambda t: (t.box[1], t.box[0])) if t.label == query]
         answer = ask(vlm, image, grounding_prompt(query, "detect"))
         parsed = parse_grounding(answer)
+        inside, (items, moved) = inside_image(parsed, image.size), clamp_to_image(parsed, image.size)
         counted = parse_grounding(ask(vlm, image, grounding_prompt(query, "count")))
         count = counted.stated_count if counted.stated_count is not None else counted.count
         scene_path, drawn_path = out / f"scene-{i}.png", out / f"scene-{i}-boxes.png"
         image.save(scene_path)
-        draw_groundings(image, parsed.items).save(drawn_path)
-        results.append({"query": query, "answer": answer, "json": [g.to_dict() for g in parsed.items],
-                        "inside_image": inside_image(parsed, image.size), "size": list(image.size),
+        draw_groundings(image, items).save(drawn_path)
+        results.append({"query": query, "answer": answer, "json": [g.to_dict() for g in items],
+                        "inside_image": inside, "clamped": moved, "size": list(image.size),
                         "count": count, "truth": truth, "scene": str(scene_path), "drawn": str(drawn_path)})
     return results
 
@@ -72,14 +89,15 @@ def reliability(folder: Path) -> list[str]:
     path = folder / "scores.json"
     if not path.is_file():
         return ["no measured scores ship with this model: treat every answer as unreliable"]
+    from qwen25vl.recipes.tiny_eval import verdict
+
     scores = json.loads(path.read_text())["scores"]
     lines = []
     for name, what in ABILITIES.items():
         s = scores.get(name)
         if s is None:
             continue
-        verdict = "RELIABLE" if s["reliable"] else "NOT reliable"
-        lines.append(f"{what}: {verdict} - held-out {s['score']:.0%} +/- {s['se']:.0%} vs trivial baseline "
+        lines.append(f"{what}: {verdict(s).upper()} - held-out {s['score']:.0%} +/- {s['se']:.0%} vs trivial baseline "
                      f"{s['baseline']:.0%} (n={s['n']})")
     return lines
 
@@ -99,7 +117,8 @@ def main(argv=None) -> int:
         print(f"\nscene {i} ({r['size'][0]}x{r['size'][1]}, never seen in training): locate every {r['query']}")
         print(r["answer"])
         print(f"truth (from the engine): {r['truth']}")
-        print(f"boxes inside the image: {r['inside_image']}; drawn: {r['drawn']}")
+        print(f"as JSON in the frame ({r['clamped']} clamped to the image): {json.dumps(r['json'])}")
+        print(f"drawn: {r['drawn']}")
         print(f"how many {r['query']}? the model says {r['count']} (truth {len(r['truth'])})")
     print("\nwhat the measured scores say:")
     for line in reliability(folder):

@@ -188,10 +188,18 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
+def verdict(s: dict) -> str:
+    """'reliable' (3+ s.e. over the baseline and right at least half the time), 'above chance, unreliable' (3+ s.e.
+    over the baseline but wrong most of the time) or 'not reliable'."""
+    if not s["reliable"]:
+        return "not reliable"
+    return "reliable" if s["score"] >= 0.5 else "above chance, unreliable"
+
+
 def _row(name: str, s: dict) -> str:
-    verdict = "reliable" if s["reliable"] else "**not reliable**"
+    verdict_text = verdict(s) if verdict(s) == "reliable" else f"**{verdict(s)}**"
     return (f"| {name} | {s['n']} | {s['score']:.1%} ± {s['se']:.1%} | {s['baseline']:.1%} | "
-            f"{s['sigmas']:+.1f} | {verdict} |")
+            f"{s['sigmas']:+.1f} | {verdict_text} |")
 
 
 SCORE_NAMES = {"grounding": "grounding acc@IoU 0.5 (detect + refer)", "point": "pointing inside the object",
@@ -257,5 +265,7 @@ def model_card(folder: Path, run: Path) -> str:
                   f"{scores['fitted_baselines']['point']}, the majority count "
                   f"{scores['fitted_baselines']['majority_count']}; always `[]` for absent queries (which scores 0 on "
                   "every present one: the presence row is the fair comparison). An ability is called reliable at "
-                  f"{RELIABLE_SIGMAS:.0f}+ standard errors above its baseline.", "", score_table(scores["scores"])]
+                  f"{RELIABLE_SIGMAS:.0f}+ standard errors above its baseline and right at least half the time; "
+                  "3+ standard errors but wrong most of the time reads 'above chance, unreliable'.", "",
+                  score_table(scores["scores"])]
     return "\n".join(parts) + "\n"
