@@ -53,15 +53,9 @@ def rows(path: Path) -> Iterator[Row]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{number}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as err:
-                yield where, InputError(f"{where}: not valid JSON ({err.msg} at column {err.colno})")
+    from qwen25vl.data.records import read_jsonl  # one JSONL reader: `file:line` and a per-line InputError
+
+    yield from read_jsonl(path)
 
 
 def _json_rows(path: Path) -> Iterator[Row]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -25,10 +23,11 @@ from qwen25vl.data.loader import PackLoader, Step
 from qwen25vl.data.packing import first_fit_decreasing
 from qwen25vl.data.records import iter_records
 from qwen25vl.errors import CheckpointError
-from qwen25vl.recipes.run import _autocast, _load_model, _millions, _printer, _tensorboard, resume_latest
+from qwen25vl.recipes.run import (
+    _autocast, _load_model, _millions, _printer, _tensorboard, end_step, finish, resume_latest,
+)
 from qwen25vl.recipes.stages import Recipe
-from qwen25vl.train import checkpoint as ckpt
-from qwen25vl.train.distributed import close, init_distributed, shard
+from qwen25vl.train.distributed import init_distributed, shard
 from qwen25vl.train.dpo import LOGGED, PairLogps, check_options, collate_pairs, dpo_step, encode_pair
 from qwen25vl.train.optim import build_optimizer, build_scheduler, set_trainable
 
@@ -107,21 +106,10 @@ def train_dpo(recipe: Recipe, *, data: list[str], out: str, model: str | None = 
         say(f"step {step}/{recipe.steps}  loss {entry['loss']:.4f}  margin {entry['margin']:+.4f}  "
             f"accuracy {entry['accuracy']:.0%}  logp chosen {entry['chosen_logps']:.2f} rejected "
             f"{entry['rejected_logps']:.2f}  lr {entry['lr']:.2e}")
-        if step % recipe.save_every == 0 or step == recipe.steps:
-            trainer = {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "rng": ckpt.rng_state()}
-            ckpt.save_checkpoint(out / "checkpoints", step, loss_fn, optimizer, trainer, keep=recipe.keep,
-                                 is_main=world.is_main)
-        if die_after_step == step:  # tests: a real SIGKILL mid-run
-            os.kill(os.getpid(), signal.SIGKILL)
+        end_step(step, recipe, out, loss_fn, optimizer, scheduler, loader, world, die_after_step)
 
     # --- export -------------------------------------------------------------------------------------------------------
-    ckpt.export_hf(loss_fn, out / "hf", source=source, is_main=world.is_main)
-    say(f"wrote {out / 'hf'}")
-    if log_file is not None:
-        log_file.close()
-    if writer is not None:
-        writer.close()
-    close()
+    finish(out, loss_fn, source, world, say, log_file, writer)
     return log
 
 

@@ -94,14 +94,25 @@ def train(recipe: Recipe, *, data: list[str], out: str, model: str | None = None
         say(f"step {step}/{recipe.steps}  loss {entry['loss']:.4f}  lr {entry['lr']:.2e}  "
             f"{entry['tokens_per_s']:.0f} tok/s  packing {entry['packing']:.0%}  {tflops:.3g} TFLOP/s"
             + (f"  MFU {entry['mfu']:.1%}" if peak_tflops else ""))
-        if step % recipe.save_every == 0 or step == recipe.steps:
-            trainer = {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "rng": ckpt.rng_state()}
-            ckpt.save_checkpoint(out / "checkpoints", step, loss_fn, optimizer, trainer, keep=recipe.keep,
-                                 is_main=world.is_main)
-        if die_after_step == step:  # tests: a real SIGKILL mid-run, no cleanup of any kind
-            os.kill(os.getpid(), signal.SIGKILL)
+        end_step(step, recipe, out, loss_fn, optimizer, scheduler, loader, world, die_after_step)
 
     # --- export ---------------------------------------------------------------------------------------------------
+    finish(out, loss_fn, source, world, say, log_file, writer)
+    return log
+
+
+def end_step(step, recipe, out: Path, loss_fn, optimizer, scheduler, loader, world, die_after_step) -> None:
+    """Save a checkpoint when the recipe says; `die_after_step` (tests) kills the process for real, no cleanup."""
+    if step % recipe.save_every == 0 or step == recipe.steps:
+        trainer = {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "rng": ckpt.rng_state()}
+        ckpt.save_checkpoint(out / "checkpoints", step, loss_fn, optimizer, trainer, keep=recipe.keep,
+                             is_main=world.is_main)
+    if die_after_step == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def finish(out: Path, loss_fn, source, world, say, log_file, writer) -> None:
+    """Export the HF folder, close the logs, leave the process group."""
     ckpt.export_hf(loss_fn, out / "hf", source=source, is_main=world.is_main)
     say(f"wrote {out / 'hf'}")
     if log_file is not None:
@@ -109,7 +120,6 @@ def train(recipe: Recipe, *, data: list[str], out: str, model: str | None = None
     if writer is not None:
         writer.close()
     close()
-    return log
 
 
 def _load_model(model: str | None, preset: str | None, out: Path, seed: int, is_main: bool):
