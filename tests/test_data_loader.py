@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from qwen25vl.data.encoding import Encoder
 from qwen25vl.data.loader import PackLoader
@@ -11,13 +10,7 @@ from qwen25vl.errors import InputError
 from qwen25vl.testing.checkpoint import make_tiny_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # a tiny model's small ops run several times faster on one thread when the other core is busy (shared CI)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny-model training: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

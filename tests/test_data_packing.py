@@ -17,13 +17,7 @@ from qwen25vl.testing.checkpoint import init_random_weights, make_tiny_checkpoin
 from qwen25vl.train.forward import PackedLoss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # a tiny model's small ops run several times faster on one thread when the other core is busy (shared CI)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny-model training: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ from qwen25vl.recipes.stages import PRETRAIN, SFT
 from qwen25vl.train.checkpoint import list_checkpoints
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # a tiny model's small ops run several times faster on one thread when the other core is busy (shared CI)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny-model training: see conftest.one_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(steps=7, packs_per_step=2, budget=512, save_every=2, warmup=2, lr={"merger": 1e-3, "llm": 1e-3})

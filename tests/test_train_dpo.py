@@ -10,12 +10,7 @@ from qwen25vl.errors import ConfigError
 from qwen25vl.train.dpo import preference_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the host's other core is busy: a tiny model's ops are faster on one thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny-model training: see conftest.one_thread
 
 
 # fixed log-probs of three pairs: policy chosen / rejected, reference chosen / rejected

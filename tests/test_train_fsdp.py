@@ -19,13 +19,7 @@ from qwen25vl.recipes.run import train
 from qwen25vl.recipes.stages import SFT
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # a tiny model's small ops run several times faster on one thread when the other core is busy (shared CI)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny-model training: see conftest.one_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--steps", "4", "--packs-per-step", "4", "--budget", "400", "--save-every", "2", "--warmup", "1",

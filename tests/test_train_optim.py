@@ -17,13 +17,7 @@ from qwen25vl.train.optim import build_optimizer, build_scheduler, module_of, pa
 from qwen25vl.train.step import train_step
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # a tiny model's small ops run several times faster on one thread when the other core is busy (shared CI)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny-model training: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
