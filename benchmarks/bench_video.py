@@ -125,12 +125,12 @@ def child(mode: str, path: str) -> None:
     t = time.perf_counter()
     decoded = None
     if mode == "ours":
-        from qwen25vl.processing import media, video
+        from qwen25vl.processing import video, video_reader
 
         readers = []
 
         def spy(*a, **kw):  # keep the reader to report how many frames it decoded
-            readers.append(media.open_video(*a, **kw))
+            readers.append(video_reader.open_video(*a, **kw))
             return readers[-1]
 
         video.open_video = spy

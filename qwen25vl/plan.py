@@ -127,7 +127,7 @@ def _image_size(path: str) -> tuple[int, int]:
 
 def video_item(path: str, config, fps: float | None, max_pixels: int | None) -> ItemPlan:
     """A video's tokens from its container: frames sampled as the processor samples, frame size from the budget."""
-    from qwen25vl.processing.media import open_video
+    from qwen25vl.processing.video_reader import open_video
     from qwen25vl.processing.image import smart_resize
     from qwen25vl.processing.video import FPS, frame_pixel_limits, sample_frames
 

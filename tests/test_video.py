@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from qwen25vl.errors import InputError
-from qwen25vl.processing import media
+from qwen25vl.processing import video_reader
 from qwen25vl.processing.image import ImageProcessorConfig
 from qwen25vl.processing.video import process_video, sample_frames, smart_nframes
 
@@ -165,14 +165,14 @@ class _Counting:
 def test_sparse_decoding_seeks_and_converts_only_kept_frames(tmp_path, monkeypatch):
     path = _encode(tmp_path / "long.mp4", 300, 30, gop=10)  # 10 s, a keyframe every 10 frames
     counter = {"decoded": 0, "converted": 0}
-    original = media.VideoReader._decode
+    original = video_reader.VideoReader._decode
 
     def counting(self):
         for frame in original(self):
             counter["decoded"] += 1
             yield _Counting(frame, counter)
 
-    monkeypatch.setattr(media.VideoReader, "_decode", counting)
+    monkeypatch.setattr(video_reader.VideoReader, "_decode", counting)
     calls = []
     threads = torch.get_num_threads()
     got = process_video(str(path), fps=2.0, max_frames=8, min_pixels=1, max_pixels=64 * 48,
@@ -311,7 +311,7 @@ def test_unwanted_non_reference_frames_are_not_decoded(tmp_path, codec):
     counts = {}
     # frame threads too: the skip setting must reach the decoder with each packet, not with a later one
     for skipping, threads in ((False, "SLICE"), (True, "SLICE"), (True, "AUTO")):
-        with media.open_video(path, "b.mp4") as reader:
+        with video_reader.open_video(path, "b.mp4") as reader:
             assert reader.can_skip
             reader.can_skip, reader.stream.thread_type = skipping, threads
             got = list(reader.frames(indices))
@@ -371,7 +371,7 @@ def test_frame_size_is_checked_from_the_header_before_decoding(tmp_path, monkeyp
     def never(self):
         raise AssertionError("decoded a video whose header was over the cap")
 
-    monkeypatch.setattr(media.VideoReader, "_decode", never)
+    monkeypatch.setattr(video_reader.VideoReader, "_decode", never)
     with pytest.raises(InputError, match=r"big.mp4.*320x240 = 76800 pixels are over the cap max_frame_pixels=76799"):
         process_video(str(path), max_frame_pixels=76_799)
     frames = [np.zeros((240, 320, 3), np.uint8)] * 2

@@ -43,9 +43,9 @@ from qwen25vl.processing.media import (
     DEFAULT_TIMEOUT_S,
     describe,
     load_image,
-    open_video,
     resolve_source,
 )
+from qwen25vl.processing.video_reader import open_video
 
 FPS = 2.0
 FPS_MIN_FRAMES = 4
