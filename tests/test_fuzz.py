@@ -6,7 +6,8 @@ runner's per-input limit, `HANG_S`, records it as a timeout). The 10-second goal
 runs the same generator over 10,000 inputs and writes RELIABILITY.md.
 """
 
-from qwen25vl.testing.fuzz import FAMILIES, make_case, png_bomb, webp_bomb
+from qwen25vl.testing.fuzz import FAMILIES, make_case
+from qwen25vl.testing.fuzz_media import png_bomb, webp_bomb
 from qwen25vl.testing.fuzz_run import (
     FUZZ_MAX_FRAME_PIXELS,
     FUZZ_MAX_IMAGE_PIXELS,
