@@ -16,7 +16,7 @@ from pathlib import Path
 
 DEMO_SEED_BASE = 1 << 42  # above the train (from 0) and held-out (from 2**40) seed ranges of every engine seed
 ABILITIES = {"grounding": "locating objects (boxes, acc@IoU 0.5)", "point": "pointing at an object",
-             "count": "counting", "presence": "answering [] for absent objects"}
+             "count": "counting", "presence": "telling present from absent ([] exactly when the object is absent)"}
 
 
 def render_scene(index: int):
