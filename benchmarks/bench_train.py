@@ -10,7 +10,7 @@
    `Qwen25VL.forward` with an attention mask and explicit positions, full logits, `F.cross_entropy(sum)` / targets.
    Both use AdamW and clip at 1.0. Tokens/s counts real (non-pad) tokens; the epochs alternate (packed, padded,
    padded, packed, ...) and the best epoch of each is compared, with the per-round ratio's median too.
-2. Loss memory. `chunked_cross_entropy` (chunk 1,024) against `full_cross_entropy` on 8,192 supervised rows, vocab
+2. Loss memory. `chunked_cross_entropy` (chunk `DEFAULT_CHUNK`, 1,024) against `full_cross_entropy` on 8,192 supervised rows, vocab
    151,936, hidden `--hidden`, forward + backward, each in a fresh child process: peak RSS (VmHWM) minus the RSS
    with the inputs and the weight gradient already allocated, and the step's best time over the child's repetitions.
    The children alternate (chunked, full, full, chunked).
@@ -43,7 +43,7 @@ from qwen25vl.data.encoding import IGNORE, Sample  # noqa: E402
 from qwen25vl.data.packing import collate_pack, first_fit_decreasing  # noqa: E402
 from qwen25vl.positions import mrope_position_ids  # noqa: E402
 from qwen25vl.train.forward import PackedLoss  # noqa: E402
-from qwen25vl.train.losses import chunked_cross_entropy, full_cross_entropy  # noqa: E402
+from qwen25vl.train.losses import DEFAULT_CHUNK, chunked_cross_entropy, full_cross_entropy  # noqa: E402
 from qwen25vl.train.step import train_step  # noqa: E402
 
 # A few-million-parameter model: 4 layers, hidden 256, MLP 768, 4/2 heads (head dim 64), tiny vocab of the test
@@ -217,7 +217,7 @@ def bench_pack(ours, args) -> dict:
 
 LOSS_CHILD = r"""
 import json, sys, time, torch
-from qwen25vl.train.losses import chunked_cross_entropy, full_cross_entropy
+from qwen25vl.train.losses import DEFAULT_CHUNK, chunked_cross_entropy, full_cross_entropy
 def rss(field):
     for line in open('/proc/self/status'):
         if line.startswith(field):
@@ -229,7 +229,7 @@ h = (torch.randn(rows, hidden, generator=g) * 0.5).requires_grad_()
 w = (torch.randn(vocab, hidden, generator=g) * 0.05).requires_grad_()
 y = torch.randint(0, vocab, (rows,), generator=g)
 w.grad = torch.zeros_like(w); h.grad = torch.zeros_like(h)  # gradients exist before the step (as in training)
-fn = (lambda: chunked_cross_entropy(h, w, y, 1024)) if which == 'chunked' else (lambda: full_cross_entropy(h, w, y))
+fn = (lambda: chunked_cross_entropy(h, w, y, DEFAULT_CHUNK)) if which == 'chunked' else (lambda: full_cross_entropy(h, w, y))
 base = rss('VmRSS:')
 times = []
 for _ in range(reps):
@@ -361,7 +361,7 @@ def report(args, pack, loss, step, n_params) -> str:
                   "| loss | peak above inputs (per child) | step s (per child, each rep) |", "|---|---|---|"]
         for name in ("chunked", "full"):
             rs = loss[name]
-            lines.append(f"| {name}{' (chunk 1,024)' if name == 'chunked' else ''} | "
+            lines.append(f"| {name}{f' (chunk {DEFAULT_CHUNK:,})' if name == 'chunked' else ''} | "
                          + ", ".join(f"{(r['peak'] - r['base']) / 2**30:.2f} GiB" for r in rs) + " | "
                          + "; ".join(", ".join(f"{t:.2f}" for t in r["times"]) for r in rs) + " |")
         lines += ["", f"- **peak chunked / full: {pc / pf:.3f} (1/{pf / pc:.1f})** (goal <= 1/8: {met(pc / pf <= 1 / 8)})",

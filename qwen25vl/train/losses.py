@@ -31,11 +31,14 @@ class _ChunkedCE(torch.autograd.Function):
         for start in range(0, rows.numel(), chunk):
             idx = rows[start:start + chunk]
             h, y = hidden[idx], labels[idx]
-            logits = (h @ weight.T).float()  # (n, V), the only logits alive
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, y[:, None])[:, 0]).sum()
+            logits = (h @ weight.T).float()  # (n, V): the one chunk-sized buffer
+            target = logits.gather(1, y[:, None])[:, 0]
+            # log-sum-exp and softmax in place (torch.logsumexp would allocate a second (n, V) temporary)
+            top = logits.amax(dim=-1)
+            norm = logits.sub_(top[:, None]).exp_().sum(dim=-1)
+            total += (top + norm.log() - target).sum()
             if want_h or want_w:
-                prob = logits.sub_(lse[:, None]).exp_()  # in place: one chunk of logits alive, not three
+                prob = logits.div_(norm[:, None])
                 prob[torch.arange(idx.numel(), device=idx.device), y] -= 1.0  # d(CE)/d(logits)
                 if want_h:
                     grad_h[idx] = (prob.to(weight.dtype) @ weight).to(hidden.dtype)
