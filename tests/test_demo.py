@@ -44,4 +44,5 @@ def test_reliability_says_not_reliable_below_three_standard_errors(tmp_path):
     assert any(line.startswith("locating objects") and "NOT RELIABLE" in line for line in lines)
     assert any(line.startswith("pointing at an object: ABOVE CHANCE, UNRELIABLE") for line in lines)
     assert any(line.startswith("counting: RELIABLE") for line in lines)
+    assert "reading text (OCR)" in lines[-1] and "video timestamps" in lines[-1] and "NOT TRAINED" in lines[-1]
     assert "unreliable" in reliability(tmp_path / "missing")[0]

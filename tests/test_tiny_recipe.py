@@ -39,6 +39,33 @@ def test_replayed_scene_matches_the_written_truth(tmp_path):
         assert all(tuple(o["bbox_2d"]) in boxes for o in meta["truth"]["objects"] if "bbox_2d" in o)
 
 
+
+def test_count_query_most_asks_for_the_most_frequent_category():
+    import random
+
+    from qwen25vl.data.synth.grounding import question
+
+    star = [Thing("star", "red", "plain", (x, 0, x + 10, 10), (x + 5, 5)) for x in (0, 20, 40)]
+    ring = Thing("ring", "blue", "plain", (0, 30, 10, 40), (5, 35))
+    scene = [ring, *star]
+    queried = {question(random.Random(seed), "count", scene)[2]["query"] for seed in range(20)}
+    assert queried == {"blue ring", "red star"}  # "any": both categories get asked
+    for seed in range(20):
+        prompt, answer, truth = question(random.Random(seed), "count", scene, "most")
+        assert truth["query"] == "red star" and truth["count"] == 3 and answer.endswith("Total number: 3.")
+    tie = [ring, star[0]]  # equal counts: either may be asked
+    assert {question(random.Random(s), "count", tie, "most")[2]["query"] for s in range(20)} == queried
+    detect = {question(random.Random(seed), "detect", scene, "most")[2]["query"] for seed in range(20)}
+    assert detect == queried  # only count questions change
+
+
+def test_count_query_must_be_a_known_mode(tmp_path):
+    from qwen25vl.data.synth import write_dataset
+    from qwen25vl.errors import InputError
+
+    with pytest.raises(InputError, match="count_query must be one of"):
+        write_dataset("grounding", tmp_path, train=1, seed=0, progress=False, size=112, count_query="fewest")
+
 @pytest.fixture
 def small_run(tmp_path):
     from qwen25vl.config import Qwen25VLConfig, TextConfig, VisionConfig

@@ -14,10 +14,12 @@ from PIL import Image
 from qwen25vl.data.synth.common import Example, image_part, single_turn
 from qwen25vl.data.synth.draw import COLOURS, background, contrasting, frame_size, jitter, mask_box
 from qwen25vl.data.synth.shapes import SHAPES, TEXTURES, fill, interior_point, shape_mask
+from qwen25vl.errors import InputError
 from qwen25vl.tasks.grounding import grounding_prompt
 
-DEFAULTS = {"size": 448, "max_objects": 8, "questions": 1}
+DEFAULTS = {"size": 448, "max_objects": 8, "questions": 1, "count_query": "any"}
 TASKS = ("detect", "refer", "point", "count", "absent")
+COUNT_QUERIES = ("any", "most")  # a count question names any present category, or the most frequent one
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,10 @@ def _entry(thing: Thing, label: str, point: bool = False) -> dict:
     return {"bbox_2d": list(thing.box), "label": label}
 
 
-def question(rng: random.Random, task: str, things: list[Thing]) -> tuple[str, str, dict] | None:
-    """(prompt, answer, truth) for one task on a scene, or None when the scene cannot pose it."""
+def question(rng: random.Random, task: str, things: list[Thing],
+             count_query: str = "any") -> tuple[str, str, dict] | None:
+    """(prompt, answer, truth) for one task on a scene, or None when the scene cannot pose it. `count_query` "most"
+    asks count questions about the most frequent category (ties broken at random), which spreads the counts."""
     ordered = sorted(things, key=lambda t: (t.box[1], t.box[0]))
     if task == "absent":
         query = _absent_category(rng, things)
@@ -132,7 +136,11 @@ def question(rng: random.Random, task: str, things: list[Thing]) -> tuple[str, s
         target, query = rng.choice(options)
         entries = [_entry(target, query, point=task == "point")]
         return grounding_prompt(query, task), format_answer(entries), {"query": query, "objects": entries}
-    query = rng.choice(sorted({t.label for t in things}))
+    labels = sorted({t.label for t in things})
+    if task == "count" and count_query == "most":
+        most = max(sum(t.label == label for t in things) for label in labels)
+        labels = [label for label in labels if sum(t.label == label for t in things) == most]
+    query = rng.choice(labels)
     entries = [_entry(t, query) for t in ordered if t.label == query]
     answer = format_answer(entries)
     if task == "count":
@@ -142,13 +150,16 @@ def question(rng: random.Random, task: str, things: list[Thing]) -> tuple[str, s
 
 
 def make_sample(rng: random.Random, media, options: dict) -> list[Example]:
+    if options["count_query"] not in COUNT_QUERIES:
+        raise InputError(f"synth grounding: option count_query must be one of {COUNT_QUERIES}, "
+                         f"got {options['count_query']!r}")
     size = frame_size(rng, options["size"])
     image, things = make_scene(rng, size, options["max_objects"])
     path = media.image(image)
     examples = []
     for j in range(options["questions"]):
         task = TASKS[(media.index + j) % len(TASKS)]
-        posed = question(rng, task, things) if things else None
+        posed = question(rng, task, things, options["count_query"]) if things else None
         if posed is None:  # no object can be singled out (or none was placed): ask for a category instead
             task, posed = ("absent", question(rng, "absent", things)) if not things else \
                 ("detect", question(rng, "detect", things))
