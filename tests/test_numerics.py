@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_helpers import build_prompt, make_hf_model, mm_token_type_ids, save_hf_model
+from model_helpers import build_prompt, left_pad_batch, make_hf_model, mm_token_type_ids, save_hf_model
 
 from qwen25vl.model.vlm import Qwen25VL
 
@@ -132,3 +132,50 @@ def test_fp16_loading_close_to_fp32_logits(saved):
     err = _relative(got, want)
     assert err <= 0.005, f"fp16 logits differ from fp32 by {err:.3%} of their scale"
     assert (got.float().argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
+
+
+def _right_pad(prompts: list[dict], pad_id: int = 512) -> dict:
+    batch = left_pad_batch(prompts, pad_id)
+    for row, p in enumerate(prompts):  # move each row's real tokens to the front
+        n = p["input_ids"].shape[1]
+        batch["input_ids"][row] = torch.cat([p["input_ids"][0], batch["input_ids"][row, : -n]])
+        batch["attention_mask"][row] = torch.cat([torch.ones(n, dtype=torch.long), torch.zeros(
+            batch["attention_mask"].shape[1] - n, dtype=torch.long)])
+    return batch
+
+
+def _padded_loss(logits: torch.Tensor, inputs: dict) -> torch.Tensor:
+    real = inputs["attention_mask"].bool()
+    return (logits.float().square() * real[..., None]).sum() * 1e-3 + logits[real].float().logsumexp(-1).sum()
+
+
+@pytest.mark.parametrize("pad", ["right", "hole"])
+def test_padded_training_batch_gradients_equal_transformers(saved, pad):
+    """A padded batch without a cache runs unpadded (one packed row, no (B, 1, T, T) mask); a mask that is not one
+    run per row takes the masked path. Both: logits at real tokens and every gradient equal transformers'."""
+    hf, folder = saved
+    ours = Qwen25VL.from_pretrained(folder, dtype=torch.float32).train()
+    prompts = [build_prompt([3, ("image", (1, 4, 6)), 9], seed=31), build_prompt([2, ("image", (1, 8, 6)), 2], seed=32)]
+    inputs = _right_pad(prompts)
+    if pad == "hole":  # a pad in the middle of row 1's text (not an image token)
+        hole = inputs["input_ids"].shape[1] - 3
+        assert inputs["attention_mask"][0, hole] == 1
+        inputs["attention_mask"][0, hole] = 0
+    real = inputs["attention_mask"].bool()
+    hf.train()
+    try:
+        hf.zero_grad(set_to_none=True)
+        ref = hf(**inputs, mm_token_type_ids=mm_token_type_ids(inputs["input_ids"])).logits
+        _padded_loss(ref, inputs).backward()
+        out = ours(**inputs)
+        _padded_loss(out.logits, inputs).backward()
+    finally:
+        hf.eval()
+    torch.testing.assert_close(out.logits[real], ref[real], atol=1e-4, rtol=0)
+    if pad == "right":
+        assert out.logits[~real].abs().max().item() == 0.0  # nothing is computed for pads
+    ref_grads = {_our_name(n): p.grad for n, p in hf.named_parameters()}
+    for name, got in ours.named_parameters():
+        want = ref_grads[name]
+        scale = want.abs().max().item()
+        assert scale > 0 and (got.grad - want).abs().max().item() <= GRAD_TOL * scale, name

@@ -108,6 +108,9 @@ class Qwen25VL(nn.Module):
         else:
             position_ids, rope_deltas = self._given_positions(position_ids, valid, batch, steps, cache)
 
+        if cu_seqlens is None and cache is None and valid is not None and not logits_to_keep \
+                and _one_run_per_row(valid):
+            return self._unpadded(embeds, position_ids, rope_deltas, valid)
         if cu_seqlens is not None:
             spec = AttnSpec(plan=VarlenPlan.build(cu_seqlens, input_ids.device))
         elif cache is not None:
@@ -120,6 +123,20 @@ class Qwen25VL(nn.Module):
         if cache is not None:
             cache.advance(steps, valid)
         return ModelOutput(self.lm_head(hidden), position_ids, rope_deltas)
+
+    def _unpadded(self, embeds, position_ids, rope_deltas, valid) -> ModelOutput:
+        """A padded batch without a cache (training, scoring) run as one packed row: each row's real tokens attend to
+        their own row only, as under the padding mask, but through mask-free causal attention per segment instead of
+        a masked (B, 1, T, T) product, and nothing is computed for pads (their logits are zeros)."""
+        batch, steps, width = embeds.shape
+        real = valid.flatten().nonzero().squeeze(1)
+        bounds = [0] + valid.sum(-1).cumsum(0).tolist()
+        plan = VarlenPlan.build(bounds, embeds.device)
+        hidden = self.model(embeds.flatten(0, 1)[real][None], position_ids.flatten(1, 2)[:, real][:, None],
+                            AttnSpec(plan=plan))
+        logits = self.lm_head(hidden[0])
+        full = logits.new_zeros(batch * steps, logits.shape[-1]).index_copy(0, real, logits)
+        return ModelOutput(full.view(batch, steps, -1), position_ids, rope_deltas)
 
     def _valid_mask(self, attention_mask, batch, steps, cache) -> torch.Tensor | None:
         """(B, T) bool of the new tokens, or None when all are real. With a cache, a mask covering the cached
@@ -177,6 +194,12 @@ class Qwen25VL(nn.Module):
         deltas = torch.where(count > 0, top + 1 - (seen + count), cache.rope_deltas.to(count.device))
         cache.rope_deltas.copy_(deltas)
         return position_ids, deltas.clone()
+
+
+def _one_run_per_row(valid: torch.Tensor) -> bool:
+    """Every row's real tokens are one non-empty contiguous run (left or right padding, not holes)."""
+    starts = valid[:, 0].long() + (valid[:, 1:] & ~valid[:, :-1]).sum(-1)
+    return bool((starts == 1).all())
 
 
 def _check_call(batch, steps, valid, cache, cu_seqlens, logits_to_keep) -> None:
