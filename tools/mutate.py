@@ -354,45 +354,48 @@ def _mutmut_version() -> str:
 
 
 def merge_into_testing_md(outcomes: list[Outcome]) -> None:
-    """Replace the results block; modules not run this time keep their previous rows and survivor lists."""
+    """Replace the results block; modules not run this time keep their previous rows and survivor lists. Rows and
+    survivor sections come out in module order whichever modules ran."""
     text = TESTING_MD.read_text() if TESTING_MD.exists() else f"# Testing\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text:
         text += f"\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
     old, tail = rest.split(END, 1)
-    previous = _previous_sections(old)
     ran = {o.module.name for o in outcomes}
-    block = report(outcomes)
-    kept = [previous[m.name] for m in MODULES if m.name not in ran and m.name in previous]
-    if kept:  # splice old rows and survivor sections back in, in module order
-        rows = [r for r, _ in kept]
-        sections = [s for _, s in kept if s]
-        block = _splice(block, rows, sections)
-    TESTING_MD.write_text(head + block + tail)
+    TESTING_MD.write_text(head + merge_blocks(report(outcomes), old, ran) + tail)
 
 
-def _previous_sections(old: str) -> dict[str, tuple[str, str]]:
-    found: dict[str, tuple[str, str]] = {}
-    for m in MODULES:
-        row = next((ln for ln in old.splitlines() if ln.startswith(f"| {m.name} |")), None)
-        if row is None:
-            continue
-        sec = re.search(rf"\n### Survivors: {re.escape(m.name)}\n.*?(?=\n### Survivors: |\nEquivalent entries|\Z)",
-                        old, re.S)
-        found[m.name] = (row, sec.group(0) if sec else "")
-    return found
+_SECTION = re.compile(r"^### Survivors: (\S+)\n(.*?)(?=^### Survivors: |^Equivalent entries|\Z)", re.S | re.M)
 
 
-def _splice(block: str, rows: list[str], sections: list[str]) -> str:
-    lines = block.splitlines()
-    table_end = max(i for i, ln in enumerate(lines) if ln.startswith("| "))
+def merge_blocks(block: str, old: str, ran: set[str]) -> str:
+    """This run's report `block` with the rows and survivor sections of the modules that did not run taken from the
+    previous block `old`, all in module order."""
     order = {m.name: i for i, m in enumerate(MODULES)}
-    table = lines[2 : table_end + 1]
-    header, body = table[:2], table[2:] + rows
-    body.sort(key=lambda r: order.get(r.split("|")[1].strip(), 99))
-    lines[2 : table_end + 1] = header + body
-    out = "\n".join(lines)
-    return out.replace(f"\n\n{END}", "".join(sections) + f"\n\n{END}")
+    body = block.replace(BEGIN, "").replace(END, "").strip("\n")
+    stale = ""
+    at = body.find("\nEquivalent entries not found")
+    if at >= 0:
+        body, stale = body[:at].rstrip("\n"), body[at:].strip("\n")
+    first = body.find("### Survivors: ")
+    intro, new_sections = (body, "") if first < 0 else (body[:first].rstrip("\n"), body[first:])
+    sections = {name: text.strip("\n") for name, text in _SECTION.findall(new_sections)}
+    rows = [ln for ln in old.splitlines() if ln.startswith("| ") and ln.split("|")[1].strip() in order
+            and ln.split("|")[1].strip() not in ran]
+    for name, text in _SECTION.findall(old.split("\nEquivalent entries not found")[0]):
+        if name in order and name not in ran:
+            sections[name] = text.strip("\n")
+    lines = intro.splitlines()
+    table = [i for i, ln in enumerate(lines) if ln.startswith("| ")]
+    header, body_rows = lines[table[0]:table[0] + 2], lines[table[0] + 2:table[-1] + 1] + rows
+    body_rows.sort(key=lambda r: order.get(r.split("|")[1].strip(), len(order)))
+    lines[table[0]:table[-1] + 1] = header + body_rows
+    out = [BEGIN, "", *lines]
+    for name in sorted(sections, key=lambda n: order.get(n, len(order))):
+        out += ["", f"### Survivors: {name}", "", sections[name]]
+    if stale:
+        out += ["", stale]
+    return "\n".join(out + ["", END])
 
 
 def main(argv=None) -> int:
