@@ -1,4 +1,5 @@
-"""`qwen25vl data convert`: LLaVA/ShareGPT or ms-swift annotations -> our JSONL records."""
+"""`qwen25vl data convert`: LLaVA/ShareGPT or ms-swift annotations -> our JSONL records; `data run` / `data stats`:
+the filtering pipeline (`qwen25vl.data.pipeline.cli`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ def register(subparsers) -> None:
     from qwen25vl.data.synth.cli import register_synth
 
     register_synth(sub)
+    from qwen25vl.data.pipeline.cli import register_pipeline
+
+    register_pipeline(sub)
     convert = sub.add_parser("convert", help="convert LLaVA/ShareGPT or ms-swift annotations to our records")
     convert.add_argument("source", help="input .json (a list) or .jsonl")
     convert.add_argument("target", help="output .jsonl")
