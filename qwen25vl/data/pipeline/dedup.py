@@ -22,8 +22,8 @@ SCHEME = "affine32"  # datasketch >= 2's permutation scheme (32-bit values); nea
 def shingles(text: str, n: int) -> list[bytes]:
     """Word n-grams of the lower-cased text (characters for unspaced scripts), as bytes for hashing."""
     words = _WORD.findall(text.lower())
-    if len(words) < n and len(text) > n:
-        words = [c for c in text if not c.isspace()]
+    if len(words) < n and len(text) > n and not any(c.isspace() for c in text.strip()):
+        words = [c for c in text.lower() if not c.isspace()]
     if len(words) < n:
         return [" ".join(words).encode()] if words else []
     return [" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)]

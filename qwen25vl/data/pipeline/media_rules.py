@@ -65,7 +65,7 @@ def _answers_after_images(row: dict):
 
 
 def coords_outside(row: dict, frames: list, frame: str = "original") -> int:
-    """How many boxes and points of the answers fall outside the resized frame of the image before them
+    """How many box corners and points of the answers fall outside the resized frame of the image before them
     (`frame`: the pixels the record's coordinates are in, "original" as our records hold them, or "resized")."""
     from qwen25vl.tasks.grounding import parse_grounding
 

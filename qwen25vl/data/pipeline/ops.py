@@ -93,6 +93,8 @@ def build_op(spec: Any, where: str = "operator") -> Operator:
     cls = REGISTRY.get(spec["op"])
     if cls is None:
         raise ConfigError(f"{where}: unknown operator {spec['op']!r} (known: {', '.join(sorted(REGISTRY))})")
+    if settings and cls.__init__ is Operator.__init__:
+        raise ConfigError(f"{where} ({spec['op']}): bad settings {sorted(settings)}: the operator takes none")
     try:
         return cls(**settings)
     except TypeError as err:
