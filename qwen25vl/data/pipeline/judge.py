@@ -7,8 +7,8 @@
     - {op: answer_scores, model: CKPT}        # answer_correctness, answer_completeness, answer_clarity
 
 Answers are parsed tolerantly (a JSON object, or `name: 4` lines, in any case and with spaces for underscores);
-an answer that gives no usable value for every field sets `judge_malformed` (its fields None) and is counted by
-the run, never raised. Filters then act on the scores (`{op: threshold, stat: text_quality, min: 3}`).
+an answer that gives no usable value for every field sets `<prefix>_malformed` (interleaved, query, answer,
+domain; its fields None) and is counted by the run, never raised; `<prefix>_raw` keeps the answer's start. Filters then act on the scores (`{op: threshold, stat: text_quality, min: 3}`).
 """
 
 from __future__ import annotations
@@ -72,8 +72,12 @@ def parse_scores(text: str | None, fields: tuple[str, ...]) -> dict | None:
 
 
 class _Judge(ModelOp, StatsOp):
-    note = "judge_malformed"
+    prefix = "judge"
     fields: tuple[str, ...] = ()
+
+    @property
+    def note(self) -> str:
+        return f"{self.prefix}_malformed"
 
     def __init__(self, text_only: bool = False, max_pixels: int = 200704, **model):
         settings = self._init_model(**model)
@@ -99,7 +103,7 @@ class _Judge(ModelOp, StatsOp):
         for text in texts:
             parsed = self.parse(text)
             stats = parsed or dict.fromkeys(self.fields)
-            out.append({**stats, "judge_malformed": parsed is None, "judge_raw": (text or "")[:160]})
+            out.append({**stats, self.note: parsed is None, f"{self.prefix}_raw": (text or "")[:160]})
         return out
 
 
@@ -117,7 +121,7 @@ def _sample_text(row: dict) -> str:
 
 @register("interleaved_scores")
 class InterleavedScores(_Judge):
-    fields = INTERLEAVED
+    prefix, fields = "interleaved", INTERLEAVED
 
     def instruction(self, row):
         return _score_prompt(self.fields, f"Interleaved image-text sample:\n{question_text(row)}\n"
@@ -126,7 +130,7 @@ class InterleavedScores(_Judge):
 
 @register("query_scores")
 class QueryScores(_Judge):
-    fields = QUERY
+    prefix, fields = "query", QUERY
 
     def instruction(self, row):
         return _score_prompt(self.fields, f"Question:\n{question_text(row)}")
@@ -134,7 +138,7 @@ class QueryScores(_Judge):
 
 @register("answer_scores")
 class AnswerScores(_Judge):
-    fields = ANSWER
+    prefix, fields = "answer", ANSWER
 
     def instruction(self, row):
         return _score_prompt(self.fields, _sample_text(row))
@@ -183,7 +187,7 @@ def parse_domain(text: str | None, taxonomy: dict[str, tuple[str, ...]]) -> tupl
 class ClassifyDomain(_Judge):
     """`domain`, `subcategory` from the taxonomy file (default: the packaged 8 domains x 30 subcategories)."""
 
-    fields = ("domain", "subcategory")
+    prefix, fields = "domain", ("domain", "subcategory")
 
     def __init__(self, taxonomy: str | None = None, **kw):
         super().__init__(**kw)

@@ -28,7 +28,7 @@ from qwen25vl.data.pipeline.text_rules import foreign_script_ratio, ngram_repeat
 from qwen25vl.errors import ConfigError
 
 TASKS = ("number", "choice", "box", "span", "code")
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?")
 _FENCE = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)(?:```|$)", re.DOTALL)
 
 
@@ -77,7 +77,7 @@ def check_answer(task: str, candidate: str, reference: str, meta: dict, settings
     from qwen25vl.data.pipeline.sandbox import run_python
 
     tests = meta.get("tests")
-    if not isinstance(tests, str) or not tests.strip():
+    if not isinstance(tests, str) or not tests.strip() or not code_of(candidate).strip():
         return "no_answer"
     result = run_python(code_of(candidate) + "\n\n" + tests, timeout_s=settings["timeout_s"],
                         memory_mb=settings["memory_mb"])
