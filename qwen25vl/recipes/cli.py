@@ -1,4 +1,5 @@
-"""`qwen25vl train pretrain --stage 1|2|3`, `train sft` and `train dpo`: a recipe, a few overrides, the loop."""
+"""`qwen25vl train pretrain --stage 1|2|3`, `train sft`, `train dpo` and `train clip`: a recipe, a few overrides, the
+loop."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def register(subparsers) -> None:
     dpo.add_argument("--loss", choices=("sigmoid", "ipo"), default="sigmoid", help="DPO's sigmoid loss or IPO")
     dpo.add_argument("--reference", help="file of the reference log-probs (default: OUT/reference.pt)")
     dpo.set_defaults(func=cmd_dpo)
+    _clip(sub.add_parser("clip", help="contrastive image-text pretraining of the ViT from scratch (CLIP)"))
     plan = sub.add_parser("plan", help="per-rank memory of a recipe, before anything runs")
     plan.add_argument("--stage", type=int, choices=(1, 2, 3), help="a pretraining stage (default: sft)")
     plan.add_argument("--model", "-m", help="HF folder whose config.json is planned")
@@ -56,6 +58,28 @@ def _common(p) -> None:
     p.add_argument("--peak-tflops", type=float, help="the device's peak (bf16 dense) TFLOP/s, to log an MFU estimate")
     p.add_argument("--die-after-step", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
+
+
+def _clip(p) -> None:
+    p.add_argument("--data", action="append", required=True, metavar="JSONL", help="records with an image + caption")
+    p.add_argument("--heldout", action="append", metavar="JSONL", help="records for image->text retrieval")
+    p.add_argument("--out", required=True, help="output folder: checkpoints/, log.jsonl, hf/ (trained ViT + LLM)")
+    p.add_argument("--model", "-m", help="HF folder: config, tokenizer, and the LLM that hf/ carries")
+    p.add_argument("--preset", help="the tiny preset instead (random LLM)")
+    p.add_argument("--device", help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--batch", type=int, default=256, help="pairs per step (256)")
+    p.add_argument("--embed-dim", type=int, default=256, help="width of the shared embedding (256)")
+    p.add_argument("--text-width", type=int, default=128, help="text tower width (128)")
+    p.add_argument("--text-layers", type=int, default=2, help="text tower layers (2)")
+    p.add_argument("--text-heads", type=int, default=4, help="text tower heads (4)")
+    for flag in ("--steps", "--warmup", "--save-every", "--seed", "--max-pixels"):
+        p.add_argument(flag, type=int)
+    p.add_argument("--lr", type=float, help="text tower, projections and temperature (5e-4)")
+    p.add_argument("--lr-vision", type=float, help="ViT blocks (5e-4)")
+    p.add_argument("--lr-merger", type=float, help="merger (5e-4)")
+    p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --out")
+    p.add_argument("--die-after-step", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_clip)
 
 
 def recipe_of(args, base=None):
@@ -102,6 +126,20 @@ def cmd_dpo(args) -> int:
               label_smoothing=args.label_smoothing, loss_type=args.loss, reference=args.reference,
               die_after_step=args.die_after_step)
     return _done()
+
+
+def cmd_clip(args) -> int:
+    from qwen25vl.recipes.clip import CLIP, train_clip
+
+    lr = {module: value if value is not None else CLIP.lr[module]
+          for module, value in (("vision", args.lr_vision), ("merger", args.lr_merger), ("llm", args.lr))}
+    recipe = CLIP.replace(steps=args.steps, warmup=args.warmup, save_every=args.save_every, seed=args.seed, lr=lr)
+    text = {"hidden_size": args.text_width, "num_layers": args.text_layers, "num_heads": args.text_heads,
+            "intermediate_size": 4 * args.text_width}
+    train_clip(recipe, data=args.data, out=args.out, model=args.model, preset=args.preset, device=args.device,
+               resume=not args.no_resume, max_pixels=args.max_pixels, batch=args.batch, heldout=args.heldout,
+               text=text, embed_dim=args.embed_dim, die_after_step=args.die_after_step)
+    return 0
 
 
 def cmd_plan(args) -> int:
