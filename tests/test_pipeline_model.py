@@ -100,8 +100,8 @@ def test_tiny_checkpoint_end_to_end(records, tiny, tmp_path):
     assert engine.LOADS["count"] == loads + 1  # one model for the three operators of this process
     stats = [json.loads(line)["stats"] for line in (tmp_path / "out" / "stats.jsonl").open()]
     assert len(stats) == 6 == summary["in"]
-    for entry, (prefix, field) in zip(summary["operators"][1:4], [("interleaved", "text_quality"),
-                                                                    ("domain", "subcategory"), ("query", "query_relevance")]):
+    checked = [("interleaved", "text_quality"), ("domain", "subcategory"), ("query", "query_relevance")]
+    for entry, (prefix, field) in zip(summary["operators"][1:4], checked):
         flagged = [s[f"{prefix}_malformed"] for s in stats]
         assert flagged == [s[field] is None for s in stats]
         assert entry["notes"] == {f"{prefix}_malformed": sum(flagged)} and entry["in"] == entry["kept"] == 6

@@ -8,7 +8,8 @@
 
 Answers are parsed tolerantly (a JSON object, or `name: 4` lines, in any case and with spaces for underscores);
 an answer that gives no usable value for every field sets `<prefix>_malformed` (interleaved, query, answer,
-domain; its fields None) and is counted by the run, never raised; `<prefix>_raw` keeps the answer's start. Filters then act on the scores (`{op: threshold, stat: text_quality, min: 3}`).
+domain; its fields None) and is counted by the run, never raised; `<prefix>_raw` keeps the answer's start.
+Filters then act on the scores (`{op: threshold, stat: text_quality, min: 3}`).
 """
 
 from __future__ import annotations

@@ -190,13 +190,16 @@ def resolve_media(source: str, root: str | Path) -> str:
 def portable_messages(messages: list[dict], root: str | Path, out: str | Path) -> list[dict]:
     """Messages with local media paths made relative to `out` (where the records are written), so they still
     find their files; URLs and data URLs pass through."""
+    def local(p) -> bool:
+        source = p.get(p.get("type")) if isinstance(p, dict) and p.get("type") in ("image", "video") else None
+        return isinstance(source, str) and not source.startswith(("http://", "https://", "data:"))
+
     fixed = []
     for m in messages:
         content = m.get("content") if isinstance(m, dict) else None
         if isinstance(content, list):
-            content = [{**p, p["type"]: os.path.relpath(resolve_media(p[p["type"]], root), out)}
-                       if isinstance(p, dict) and p.get("type") in ("image", "video") and isinstance(p.get(p["type"]), str)
-                       and not p[p["type"]].startswith(("http://", "https://", "data:")) else p for p in content]
+            content = [{**p, p["type"]: os.path.relpath(resolve_media(p[p["type"]], root), out)} if local(p) else p
+                       for p in content]
             m = {**m, "content": content}
         fixed.append(m)
     return fixed
