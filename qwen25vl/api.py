@@ -87,7 +87,9 @@ def load(path: str | Path | None = None, device=None, dtype=None, *, threads: in
          compile: bool = False, vision_cache_bytes: int = 256 * 2**20, decode_layout: bool | None = None) -> "VLM":
     """Load a checkpoint folder (model, processor, generation defaults).
 
-    dtype: a torch dtype, its name, or None / "auto" (see `resolve_device_dtype`). threads: torch's CPU thread
+    dtype: a torch dtype, its name, None / "auto" (see `resolve_device_dtype`), or "int8": the language model's
+    linear layers quantised at load to int8 weights with per-channel scales, the rest fp32 (`model/quant.py`; a
+    folder saved from such a model loads quantised whatever the dtype). threads: torch's CPU thread
     count, set for the process on CPU: N as given, "auto" as `qwen25vl.runtime.auto_threads` chooses (1 for a tiny
     model, else the cores idle at load), None keeps torch's current count. Why auto: with another process on the
     second of 2 cores, a tiny model's 100 greedy tokens took 13.4 s on 2 threads and 0.8-1.1 s on 1. compile: torch.compile the decode step (pays on
@@ -101,8 +103,14 @@ def load(path: str | Path | None = None, device=None, dtype=None, *, threads: in
 
     folder = model_path(path)
     _check_threads(threads)
-    device, dtype = resolve_device_dtype(device, dtype, stored=Qwen25VLConfig.from_pretrained(folder).torch_dtype)
+    quantize = isinstance(dtype, str) and dtype == "int8"  # int8 LLM linears, everything else fp32
+    device, dtype = resolve_device_dtype(device, "float32" if quantize else dtype,
+                                         stored=Qwen25VLConfig.from_pretrained(folder).torch_dtype)
     model = Qwen25VL.from_pretrained(folder, dtype=dtype, device=device).eval()
+    if quantize:
+        from qwen25vl.model.quant import quantize_model
+
+        quantize_model(model)
     reason = _set_threads(model, threads) if device.type == "cpu" else None
     if decode_layout if decode_layout is not None else device.type == "cpu":
         use_decode_layout(model)

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "int8")
 _IDLE_SAMPLE_S = 0.1
 
 
@@ -34,7 +34,8 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, device_help: str | None
     parser.add_argument("--device", help=device_help or "cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                         help="weights' dtype (default auto: bf16 on CUDA; on CPU bf16 where the CPU computes it "
-                             "natively and the checkpoint is stored in it, else float32)")
+                             "natively and the checkpoint is stored in it, else float32; int8: the language "
+                             "model's linear layers quantised at load, per-channel int8 weights)")
     parser.add_argument("--threads", type=_threads_arg, default="auto", metavar="N",
                         help="CPU threads (default auto: 1 for a tiny model, else the cores idle at load)")
 
@@ -128,6 +129,8 @@ def startup_line(vlm, name: str) -> str:
     count = sum(p.numel() for p in params)
     weight_mb = sum(p.numel() * p.element_size() for p in params) / 2**20
     dtype = str(params[0].dtype).removeprefix("torch.")
+    if getattr(vlm.model, "quantization", None):
+        dtype = f"int8 LLM linears + {dtype}"
     count_threads = torch.get_num_threads()
     threads = f"{count_threads} thread{'s' if count_threads > 1 else ''}" + (f" ({vlm.threads_reason})" if vlm.threads_reason else "")
     return (f"qwen25vl: {name} ({count / 1e6:.1f}M parameters) on {vlm.device}, {dtype}, {threads}, "

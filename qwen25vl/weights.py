@@ -22,6 +22,7 @@ from qwen25vl.config import Qwen25VLConfig
 from qwen25vl.errors import CheckpointError, InputError
 
 INDEX_NAME = "model.safetensors.index.json"
+QUANT_NAME = "quantization.json"  # present in a folder saved from an int8-quantised model (model/quant.py)
 SINGLE_NAME = "model.safetensors"
 _ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -120,8 +121,13 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     files = checkpoint_files(folder)
     with torch.device("meta"):
         model = Qwen25VL(config)
+    spec = read_quant_spec(folder)
+    if spec is not None:
+        from qwen25vl.model.quant import prepare_quantized
+
+        prepare_quantized(model, spec)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    tied = config.text.tie_word_embeddings
+    tied = config.text.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
     if tied:
         expected.pop("lm_head.weight", None)
     plan = _plan_reads(files, expected, tied)
@@ -132,18 +138,34 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
         with open(file, "rb") as f:
             for key, (name, entry) in header.items():
                 tensor = _read_tensor(f, data_start, entry, file, name)
-                if dtype is None and tensor.is_floating_point():
+                if dtype is None and tensor.is_floating_point() and not key.endswith(".weight_scale"):
                     dtype = tensor.dtype
-                if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+                if (dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype
+                        and not key.endswith(".weight_scale")):  # int8 scales stay fp32
                     tensor = tensor.to(dtype)
                 state[key] = tensor.to(device) if device is not None else tensor
     if tied:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
-    model.tie_weights()
+    if tied:
+        model.tie_weights()
     if dtype is not None:
         model.config = _with_dtype(config, dtype)
     return model.eval()
+
+
+def read_quant_spec(folder: Path) -> dict | None:
+    """The folder's quantization.json (method and quantised module names), or None for a float checkpoint."""
+    path = Path(folder) / QUANT_NAME
+    if not path.is_file():
+        return None
+    try:
+        spec = json.loads(path.read_text())
+    except ValueError as err:
+        raise CheckpointError(f"cannot parse {path}: {err}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("modules"), list):
+        raise CheckpointError(f"{path} must hold an object with a 'modules' list, got {spec!r:.80}")
+    return spec
 
 
 def _plan_reads(files: list[Path], expected: dict[str, tuple], tied: bool) -> dict[Path, tuple[dict, int]]:
@@ -214,8 +236,8 @@ def save_model(model, path: str | Path, max_shard_size: int | str = "5GB") -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     limit = parse_size(max_shard_size)
     state = {k: v.detach() for k, v in model.state_dict().items()}
-    if model.config.text.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
+    if model.config.text.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight:
+        state.pop("lm_head.weight", None)  # an int8 lm_head is its own tensor even in a tied model
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key, tensor in state.items():
@@ -227,6 +249,11 @@ def save_model(model, path: str | Path, max_shard_size: int | str = "5GB") -> Pa
         size += nbytes
     dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     _with_dtype(model.config, dtype).save(folder)
+    quant = folder / QUANT_NAME
+    if getattr(model, "quantization", None):
+        quant.write_text(json.dumps(model.quantization, indent=2) + "\n")
+    elif quant.exists():
+        quant.unlink()  # a stale spec would make the loader expect int8 weights
     if len(shards) == 1:
         names = [SINGLE_NAME]
     else:
