@@ -37,18 +37,19 @@ def _image_config(model: str | None):
     return ImageProcessorConfig.from_pretrained(model_path(model))
 
 
-def _frames(row: dict, config) -> list:
-    """One `tasks.coords.Frame` per image part, in order (OSError / Qwen25VLError for an unreadable image)."""
+@lru_cache(maxsize=65536)
+def image_frame(path: str, min_pixels: int, max_pixels: int, factor: int):
+    """The `tasks.coords.Frame` (original -> resized sizes) of the image file at `path` under these limits."""
     from qwen25vl.tasks.coords import as_frame
 
-    frames = []
-    for part in media_parts(row):
-        if part.get("type") != "image" or not isinstance(part.get("image"), str):
-            continue
-        size = image_size(resolve_media(part["image"], row.get("root", ".")))
-        frames.append(as_frame(original_size=size, min_pixels=part.get("min_pixels") or config.min_pixels,
-                               max_pixels=part.get("max_pixels") or config.max_pixels, factor=config.factor))
-    return frames
+    return as_frame(original_size=image_size(path), min_pixels=min_pixels, max_pixels=max_pixels, factor=factor)
+
+
+def _frames(row: dict, config) -> list:
+    """One Frame per image part, in order (OSError / Qwen25VLError for an unreadable image)."""
+    return [image_frame(resolve_media(part["image"], row.get("root", ".")), part.get("min_pixels") or config.min_pixels,
+                        part.get("max_pixels") or config.max_pixels, config.factor)
+            for part in media_parts(row) if part.get("type") == "image" and isinstance(part.get("image"), str)]
 
 
 def _answers_after_images(row: dict):
@@ -121,7 +122,7 @@ class Tokens(StatsOp):
         self.model, self._tok, self._config = model, None, None
 
     def _load(self):
-        if self._tok is None:
+        if self._tok is None:  # built on first use, in the worker or actor that runs the operator
             from qwen25vl.generation.paths import model_path
             from qwen25vl.processing.tokenizer import Tokenizer
 
@@ -129,14 +130,8 @@ class Tokens(StatsOp):
             self._config = _image_config(self.model)
         return self._tok
 
-    def one(self, row: dict) -> dict:
-        from qwen25vl.processing.chat_template import render_text
-
-        tok = self._load()
-        messages = list(row.get("messages") or []) + list(row.get("chosen") or [])
-        text, _, n_images, n_videos = render_text(messages)
-        ids = tok.encode(text)
-        sp = tok.special
+    def _counts(self, row: dict, ids: list[int], text: str, n_images: int, n_videos: int) -> dict:
+        sp = self._tok.special
         found = (ids.count(sp.image_pad), ids.count(sp.video_pad), ids.count(sp.vision_start))
         placeholders = sum(text.count(p) for p in LLAVA_PLACEHOLDERS)
         image_tokens = sum(f.resized_size[0] * f.resized_size[1] // (self._config.factor ** 2)
@@ -145,10 +140,27 @@ class Tokens(StatsOp):
                 "image_token_mismatch": found != (n_images, n_videos, n_images + n_videos) or placeholders > 0}
 
     def compute(self, rows):
-        out = []
+        from qwen25vl.processing.chat_template import render_text
+
+        tok = self._load()
+        rendered: list = []
         for row in rows:
             try:
-                out.append(self.one(row))
+                rendered.append(render_text(list(row.get("messages") or []) + list(row.get("chosen") or [])))
+            except Qwen25VLError as err:
+                rendered.append(err)
+        texts = [r[0] for r in rendered if not isinstance(r, Exception)]
+        try:
+            encoded = iter(tok.encode_batch(texts))  # one parallel call for the batch
+        except Qwen25VLError:  # a text the tokenizer refuses: find it one by one
+            encoded = None
+        out = []
+        for row, r in zip(rows, rendered):
+            try:
+                if isinstance(r, Exception):
+                    raise r
+                ids = next(encoded) if encoded is not None else tok.encode(r[0])
+                out.append(self._counts(row, ids, r[0], r[2], r[3]))
             except (OSError, Qwen25VLError) as err:
                 out.append({"num_tokens": None, "image_token_mismatch": None,
                             "tokens_error": f"{type(err).__name__}: {err}"[:200]})

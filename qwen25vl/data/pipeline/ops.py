@@ -182,9 +182,10 @@ def media_parts(row: dict) -> list[dict]:
 
 
 def resolve_media(source: str, root: str | Path) -> str:
-    if source.startswith(("http://", "https://", "data:")) or Path(source).is_absolute():
+    """A record's media source as a path from the working folder (URLs and absolute paths unchanged)."""
+    if source.startswith(("http://", "https://", "data:")) or os.path.isabs(source):
         return source
-    return str(Path(root) / source)
+    return os.path.join(root, source)
 
 
 def portable_messages(messages: list[dict], root: str | Path, out: str | Path) -> list[dict]:
