@@ -231,3 +231,14 @@ def test_records_without_an_image_or_caption_are_skipped_and_counted(captions, t
         ClipLoader(good, tokenizer=tokenizer, image_config=image_config, batch=1)
     with pytest.raises(InputError, match="unknown colour"):
         write_captions(tmp_path, 1, colours=["mauve"])
+
+
+def test_the_caption_command_writes_records_of_the_chosen_vocabulary(tmp_path, capsys):
+    from qwen25vl.data.synth.captions import main
+
+    assert main([str(tmp_path), "--count", "6", "--max-objects", "2", "--colours", "red", "--shapes", "star,ring"]) == 0
+    texts = [pair_of(r)[1] for r in read_records(tmp_path / "captions.jsonl")]
+    assert len(texts) == 6 and any(" and " in t for t in texts)
+    assert all(set(t.replace(" and ", " ").split()) <= {"a", "red", "star", "ring"} for t in texts)
+    assert main([str(tmp_path), "--count", "1", "--shapes", "blob"]) == 2
+    assert "['blob']" in capsys.readouterr().err

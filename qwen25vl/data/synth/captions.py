@@ -9,6 +9,7 @@ the image."), so the same file also serves stage 1. Deterministic by seed.
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -64,3 +65,31 @@ def write_captions(folder: str | Path, count: int, *, seed: int = 0, colours=Non
     out = folder / f"{name}.jsonl"
     write_records(out, records)
     return out
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m qwen25vl.data.synth.captions", description=__doc__.splitlines()[0])
+    p.add_argument("out", help="folder for NAME.jsonl and NAME/*.png")
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="captions")
+    p.add_argument("--size", type=int, default=112, help="largest side of one object's strip (112)")
+    p.add_argument("--max-objects", type=int, default=1)
+    p.add_argument("--colours", help="comma-separated subset of the colours")
+    p.add_argument("--shapes", help="comma-separated subset of the shapes")
+    args = p.parse_args(argv)
+    try:
+        path = write_captions(args.out, args.count, seed=args.seed, name=args.name, size=args.size,
+                              max_objects=args.max_objects, colours=args.colours and args.colours.split(","),
+                              shapes=args.shapes and args.shapes.split(","))
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
