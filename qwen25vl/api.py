@@ -84,7 +84,8 @@ def _auto_dtype(device: torch.device, stored: str | None) -> torch.dtype:
 
 
 def load(path: str | Path | None = None, device=None, dtype=None, *, threads: int | str | None = "auto",
-         compile: bool = False, vision_cache_bytes: int = 256 * 2**20, decode_layout: bool | None = None) -> "VLM":
+         compile: bool = False, vision_cache_bytes: int = 256 * 2**20, decode_layout: bool | None = None,
+         adapter: str | Path | None = None) -> "VLM":
     """Load a checkpoint folder (model, processor, generation defaults).
 
     dtype: a torch dtype, its name, None / "auto" (see `resolve_device_dtype`), or "int8": the language model's
@@ -111,6 +112,11 @@ def load(path: str | Path | None = None, device=None, dtype=None, *, threads: in
         from qwen25vl.model.quant import quantize_model
 
         quantize_model(model)
+    if adapter is not None:
+        from qwen25vl.train.lora import load_adapter
+
+        load_adapter(model, adapter)
+        model.eval()
     reason = _set_threads(model, threads) if device.type == "cpu" else None
     if decode_layout if decode_layout is not None else device.type == "cpu":
         use_decode_layout(model)

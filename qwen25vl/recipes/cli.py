@@ -21,6 +21,11 @@ def register(subparsers) -> None:
     dpo.add_argument("--loss", choices=("sigmoid", "ipo"), default="sigmoid", help="DPO's sigmoid loss or IPO")
     dpo.add_argument("--reference", help="file of the reference log-probs (default: OUT/reference.pt)")
     dpo.set_defaults(func=cmd_dpo)
+    merge = sub.add_parser("merge", help="fold a LoRA adapter into its base model: a plain HF folder, shard by shard")
+    merge.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json + safetensors)")
+    merge.add_argument("--model", "-m", help="base HF folder (default: the adapter's base_model_name_or_path)")
+    merge.add_argument("--out", required=True, help="folder for the merged model")
+    merge.set_defaults(func=cmd_merge)
     _clip(sub.add_parser("clip", help="contrastive image-text pretraining of the ViT from scratch (CLIP)"))
     plan = sub.add_parser("plan", help="per-rank memory of a recipe, before anything runs")
     plan.add_argument("--stage", type=int, choices=(1, 2, 3), help="a pretraining stage (default: sft)")
@@ -56,6 +61,12 @@ def _common(p) -> None:
     p.add_argument("--checkpoint-llm", action="store_true", default=None, help="activation checkpointing, LLM")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --out")
     p.add_argument("--peak-tflops", type=float, help="the device's peak (bf16 dense) TFLOP/s, to log an MFU estimate")
+    p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank instead of the weights")
+    p.add_argument("--lora-alpha", type=float, help="LoRA scale numerator: update x alpha / rank (default 2 x rank)")
+    p.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input (0)")
+    p.add_argument("--lora-targets", default="llm", metavar="A,B",
+                   help="modules to adapt, comma-separated: presets llm, attn, mlp, merger, vision; names such as "
+                        "q_proj; globs over module paths such as 'model.layers.*.mlp.*' (default llm)")
     p.add_argument("--die-after-step", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
 
@@ -86,13 +97,30 @@ def recipe_of(args, base=None):
     from qwen25vl.recipes.stages import PRETRAIN, SFT
 
     recipe = base or (PRETRAIN[args.stage] if args.train_command == "pretrain" else SFT)
+    adapters = _lora_of(args)
     lr = dict(recipe.lr)
+    if adapters is not None:  # any module may hold adapters, frozen or not; they take a larger rate
+        from qwen25vl.train.lora import DEFAULT_LR
+
+        lr = {module: DEFAULT_LR for module in ("vision", "merger", "llm")}
     for module, value in (("llm", args.lr), ("vision", args.lr_vision), ("merger", args.lr_merger)):
-        if value is not None and recipe.train.get(module, True):
+        if value is not None and (adapters is not None or recipe.train.get(module, True)):
             lr[module] = value
     return recipe.replace(steps=args.steps, packs_per_step=args.packs_per_step, budget=args.budget, lr=lr,
                           warmup=args.warmup, save_every=args.save_every, seed=args.seed,
-                          checkpoint_vision=args.checkpoint_vision, checkpoint_llm=args.checkpoint_llm)
+                          checkpoint_vision=args.checkpoint_vision, checkpoint_llm=args.checkpoint_llm,
+                          lora=adapters)
+
+
+def _lora_of(args):
+    """The LoRA spec the --lora-* flags ask for; None without --lora-rank."""
+    if args.lora_rank is None:
+        return None
+    from qwen25vl.train.lora import LoraSpec
+
+    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_rank
+    return LoraSpec(rank=args.lora_rank, alpha=alpha, dropout=args.lora_dropout, targets=targets)
 
 
 def cmd_train(args) -> int:
@@ -126,6 +154,14 @@ def cmd_dpo(args) -> int:
               label_smoothing=args.label_smoothing, loss_type=args.loss, reference=args.reference,
               die_after_step=args.die_after_step)
     return _done()
+
+
+def cmd_merge(args) -> int:
+    from qwen25vl.train.merge import merge_adapter
+
+    out = merge_adapter(args.adapter, args.out, base=args.model)
+    print(f"wrote {out}")
+    return 0
 
 
 def cmd_clip(args) -> int:

@@ -29,6 +29,7 @@ from qwen25vl.recipes.run import (
 from qwen25vl.recipes.stages import Recipe
 from qwen25vl.train.distributed import init_distributed, shard
 from qwen25vl.train.dpo import LOGGED, PairLogps, check_options, collate_pairs, dpo_step, encode_pair
+from qwen25vl.train.lora import setup_recipe
 from qwen25vl.train.optim import build_optimizer, build_scheduler, set_trainable
 
 # The report gives no rates; DPO moves a fine-tuned policy a little, so the rate is a tenth of SFT's.
@@ -51,6 +52,8 @@ def train_dpo(recipe: Recipe, *, data: list[str], out: str, model: str | None = 
     # --- model: the LLM trains, the vision tower is frozen (its features serve policy and reference alike) --------
     vlm, source = _load_model(model, preset, out, recipe.seed, world.is_main)
     counts = set_trainable(vlm, recipe.train)
+    if recipe.lora is not None:  # B = 0 at the start: the reference pass below is the base model's
+        counts = setup_recipe(vlm, recipe.lora, source, is_main=world.is_main, vision=False)
     loss_fn = PairLogps(vlm.to(world.device))
     if world.world_size > 1:
         shard(loss_fn, bf16=world.device.type == "cuda")

@@ -23,6 +23,7 @@ from qwen25vl.data.records import iter_records
 from qwen25vl.errors import ConfigError
 from qwen25vl.recipes.stages import Recipe
 from qwen25vl.train import checkpoint as ckpt
+from qwen25vl.train import lora
 from qwen25vl.train.activations import checkpoint_blocks
 from qwen25vl.train.distributed import close, init_distributed, shard
 from qwen25vl.train.forward import PackedLoss
@@ -44,6 +45,8 @@ def train(recipe: Recipe, *, data: list[str], out: str, model: str | None = None
     # --- model, trainable modules, sharding, optimizer --------------------------------------------------------
     vlm, source = _load_model(model, preset, out, recipe.seed, world.is_main)
     counts = set_trainable(vlm, recipe.train)
+    if recipe.lora is not None:
+        counts = lora.setup_recipe(vlm, recipe.lora, source, is_main=world.is_main)
     if recipe.checkpoint_vision:
         checkpoint_blocks(vlm.visual.blocks)
     if recipe.checkpoint_llm:
@@ -112,9 +115,13 @@ def end_step(step, recipe, out: Path, loss_fn, optimizer, scheduler, loader, wor
 
 
 def finish(out: Path, loss_fn, source, world, say, log_file, writer) -> None:
-    """Export the HF folder, close the logs, leave the process group."""
-    ckpt.export_hf(loss_fn, out / "hf", source=source, is_main=world.is_main)
-    say(f"wrote {out / 'hf'}")
+    """Export the HF folder (a LoRA run: the adapter, PEFT's format), close the logs, leave the process group."""
+    if lora.lora_modules(loss_fn):
+        lora.save_adapter(loss_fn, out / "adapter", base=Path(source).resolve(), is_main=world.is_main)
+        say(f"wrote {out / 'adapter'} (merge: qwen25vl train merge --adapter {out / 'adapter'} --out FOLDER)")
+    else:
+        ckpt.export_hf(loss_fn, out / "hf", source=source, is_main=world.is_main)
+        say(f"wrote {out / 'hf'}")
     if log_file is not None:
         log_file.close()
     if writer is not None:

@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from qwen25vl.data.packing import DEFAULT_BUDGET, LONG_BUDGET
+from qwen25vl.train.lora import LoraSpec
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Recipe:
     checkpoint_llm: bool = False
     seed: int = 0
     window: int = 1024  # records per first-fit-decreasing window
+    lora: LoraSpec | None = None  # adapters on these targets train, every base weight is frozen (train/lora.py)
 
     def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
                               formatter_class=_DefaultsFormatter)
     p.add_argument("--model", "-m", help="checkpoint folder (default: the embedded tiny model, when shipped)")
+    p.add_argument("--adapter", help="a LoRA adapter folder (PEFT's format) to run on the model, unmerged")
     p.add_argument("--served-model-name", help="the name clients pass as `model` (default: the folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
     p.add_argument("--port", type=int, default=8000)
@@ -77,7 +78,7 @@ def run(args) -> int:
 
     folder = model_path(args.model)
     settings = settings_from_args(args, args.served_model_name or folder.name)
-    vlm = load_from_args(args)
+    vlm = load_from_args(args, adapter=args.adapter)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it may use it")
     app = create_app(vlm, settings)
