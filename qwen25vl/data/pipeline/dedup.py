@@ -55,7 +55,8 @@ class MinHashStats(StatsOp):
 
 @register("near_dup")
 class NearDup(GlobalOp):
-    """Drop a row whose MinHash signature is near (estimated Jaccard >= threshold) an earlier kept row's."""
+    """Drop a row whose MinHash signature is near (estimated Jaccard >= threshold) an earlier kept row's: LSH finds
+    the candidates, the signatures' agreement confirms them."""
 
     def __init__(self, threshold: float = 0.8, stat: str = "minhash", reason: str = "near_duplicate",
                  scheme: str = SCHEME):
@@ -66,22 +67,25 @@ class NearDup(GlobalOp):
 
     def decide_all(self, stats):
         import numpy as np
-        from datasketch import MinHash, MinHashLSH
+        from datasketch import LeanMinHash, MinHashLSH
 
         out: list[str | None] = []
-        lsh = None
+        lsh, kept = None, {}
+        dtype = np.uint32 if self.scheme == "affine32" else np.uint64
         for i, s in enumerate(stats):
             values = s.get(self.stat)
             if values is None:
                 raise InputError(f"near_dup: no {self.stat!r} stat on the row; put a minhash operator before it")
+            values = np.asarray(values, dtype=dtype)
             if lsh is None:
                 lsh = MinHashLSH(threshold=self.threshold, num_perm=len(values))
-            dtype = np.uint32 if self.scheme == "affine32" else np.uint64
-            m = MinHash(num_perm=len(values), hashvalues=np.asarray(values, dtype=dtype), scheme=self.scheme)
-            if lsh.query(m):
+            m = LeanMinHash(seed=1, hashvalues=values, scheme=self.scheme)
+            # LSH returns band collisions; the estimated Jaccard decides (no false positives from the bands)
+            if any(float(np.mean(kept[key] == values)) >= self.threshold for key in lsh.query(m)):
                 out.append(self.reason)
             else:
-                lsh.insert(str(i), m)
+                lsh.insert(i, m)
+                kept[i] = values
                 out.append(None)
         return out
 
