@@ -128,6 +128,20 @@ def test_tokens_count_images_and_catch_pad_tokens(dataset):
     assert stats[0]["num_tokens"] - op.compute([no_image])[0]["num_tokens"] == (w // 28) * (h // 28) + 2
 
 
+def test_record_check_and_unreadable_media(dataset):
+    folder, _, _, _ = dataset
+    clean = {**make_records(1, folder / "two")[0], "root": str(folder / "two")}
+    typo = json.loads(json.dumps(clean))
+    typo["messages"][0]["content"][0]["max_pixel"] = 1000
+    missing = json.loads(json.dumps(clean))
+    missing["messages"][0]["content"][0]["image"] = "images/none.png"
+    checked = build_op("record_check").compute([clean, typo])
+    assert checked[0] == {"record_error": None} and "max_pixel" in checked[1]["record_error"]
+    bounds = build_op("frame_bounds").compute([clean, missing])
+    assert bounds[0] == {"coords_outside": 0, "media_error": None}
+    assert bounds[1]["coords_outside"] is None and "none.png" in bounds[1]["media_error"]
+
+
 def _row(i, stats):
     return {"id": f"r{i}", "idx": i, "stats": dict(stats), "dropped": None}
 

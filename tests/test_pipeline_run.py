@@ -107,3 +107,50 @@ def test_cli_run_and_stats(data, tmp_path, capsys):
     assert main(["data", "stats", str(out), "--stat", "nope"]) == 2
     assert main(["data", "run", str(spec), "--in", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+KILLER = '''
+import os, signal, sys
+from pathlib import Path
+from qwen25vl.data.pipeline import StatsOp, register
+from qwen25vl.cli import main
+
+@register("kill_once")
+class KillOnce(StatsOp):
+    """Logs the rows it sees; the first run (no flag file yet) kills its own process at row `at`."""
+    def __init__(self, at, flag, log):
+        super().__init__(at=at, flag=flag, log=log)
+        self.at, self.flag, self.log = at, Path(flag), Path(log)
+    def compute(self, rows):
+        with self.log.open("a") as f:
+            f.write("".join(r["id"] + "\\n" for r in rows))
+        if any(r["id"] == self.at for r in rows) and not self.flag.exists():
+            self.flag.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [{} for _ in rows]
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_kill_9_mid_run_then_resume(data, tmp_path):
+    import subprocess
+    import sys
+
+    _, path = data
+    log, flag = tmp_path / "seen.log", tmp_path / "flag"
+    spec = tmp_path / "p.json"
+    spec.write_text(json.dumps([{"op": "kill_once", "at": "in.jsonl:17", "flag": str(flag), "log": str(log)}]
+                               + SPECS))
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    command = [sys.executable, str(script), "data", "run", str(spec), "--in", str(path), "--out", str(tmp_path / "out"),
+               "--shard-size", "8", "--quiet"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert first.returncode == -9 and flag.exists()
+    assert log.read_text().split() == [f"in.jsonl:{i}" for i in range(1, 25)]  # died in shard 2 (lines 17-24)
+    log.unlink()
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert log.read_text().split() == [f"in.jsonl:{i}" for i in range(17, 31)]  # shards 0 and 1 were not redone
+    assert "total: 30 in, 20 kept" in second.stdout
