@@ -126,14 +126,16 @@ class ClipLoader:
         self.skipped: Counter = Counter()
         self.pairs: list[tuple[Record, dict, str]] = []
         for item in records:
-            try:
-                if isinstance(item, InputError):
-                    raise item
-                self.pairs.append((item, *pair_of(item)))
-            except InputError as err:
-                self.skipped["no image or caption" if "caption" in str(err) else "invalid record"] += 1
-                if log is not None:
-                    log(f"skipped: {err}")
+            reason, err = "invalid record", item
+            if not isinstance(item, InputError):
+                try:
+                    self.pairs.append((item, *pair_of(item)))
+                    continue
+                except InputError as bad:
+                    reason, err = "no image or caption", bad
+            self.skipped[reason] += 1
+            if log is not None:
+                log(f"skipped ({reason}): {err}")
         if self.steps_per_epoch() == 0:
             raise InputError(f"{len(self.pairs)} usable pairs ({dict(self.skipped)} skipped) make no batch of {batch}")
         self.epoch, self.step = 0, 0
