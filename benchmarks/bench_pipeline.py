@@ -35,7 +35,6 @@ from qwen25vl.data.pipeline import Pipeline, build_op, load_pipeline, run_pipeli
 from qwen25vl.data.pipeline.runner import apply_global, read_rows  # noqa: E402
 from qwen25vl.data.pipeline.synthetic import make_records, plant  # noqa: E402
 
-PRESET = Path(__file__).resolve().parents[1] / "qwen25vl/data/pipeline/presets/rules.yaml"
 
 
 def write_input(folder: Path, count: int) -> Path:
@@ -51,7 +50,7 @@ def write_input(folder: Path, count: int) -> Path:
 
 
 def rule_stage(path: Path, folder: Path, count: int, cores: int) -> dict:
-    specs = [s for s in load_pipeline(PRESET).specs if s["op"] not in ("exact_dup", "near_dup")]
+    specs = [s for s in load_pipeline("rules").specs if s["op"] not in ("exact_dup", "near_dup")]
     pipeline, shard = Pipeline(specs), -(-count // 8)
     start = time.perf_counter()
     local = run_pipeline(pipeline, path, folder / "local", shard_size=shard, workers=cores, progress=False)

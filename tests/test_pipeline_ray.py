@@ -38,7 +38,7 @@ def _outputs(out):
 
 def test_ray_equals_local_on_the_rule_pipeline(data, tmp_path):
     _, path = data
-    pipeline = load_pipeline("qwen25vl/data/pipeline/presets/rules.yaml")
+    pipeline = load_pipeline("rules")
     local = run_pipeline(pipeline, path, tmp_path / "local", shard_size=8, progress=False)
     on_ray = run_pipeline(pipeline, path, tmp_path / "ray", shard_size=8, engine="ray", workers=2, progress=False)
     assert _outputs(tmp_path / "local") == _outputs(tmp_path / "ray")

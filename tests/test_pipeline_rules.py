@@ -14,7 +14,7 @@ from qwen25vl.data.pipeline.text_rules import foreign_script_ratio, format_error
 from qwen25vl.errors import ConfigError, InputError
 from qwen25vl.tasks.coords import Frame
 
-RULES = "qwen25vl/data/pipeline/presets/rules.yaml"
+RULES = "rules"  # the packaged preset
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +199,9 @@ def test_pipeline_files_and_errors(tmp_path):
         load_pipeline(tmp_path / "bad.yaml")
     assert Pipeline(["answer_text", {"op": "exact_dup"}, "minhash", {"op": "near_dup"}]).stages() == [
         ("rows", 0, 1), ("global", 1, 2), ("rows", 2, 3), ("global", 3, 4)]
+
+
+def test_presets_by_name():
+    assert load_pipeline("rules").ops[-1].op_name == "near_dup"
+    with pytest.raises(ConfigError, match=r"does not exist \(presets: rules\)"):
+        load_pipeline("nope")

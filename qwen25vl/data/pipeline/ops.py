@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from qwen25vl.errors import ConfigError
 
 REGISTRY: dict[str, type["Operator"]] = {}
+PRESETS = Path(__file__).with_name("presets")  # pipeline files shipped with the package, by name (`rules`)
 
 
 def register(name: str):
@@ -129,10 +130,14 @@ class Pipeline:
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
-    """A pipeline file: YAML or JSON, either a list of operators or `{operators: [...]}`."""
+    """A pipeline file: YAML or JSON, either a list of operators or `{operators: [...]}`; a bare name that is no
+    file names a preset (`rules`: presets/rules.yaml)."""
     path = Path(path)
+    if not path.is_file() and (PRESETS / f"{path}.yaml").is_file():
+        path = PRESETS / f"{path}.yaml"
     if not path.is_file():
-        raise ConfigError(f"pipeline file {path} does not exist")
+        presets = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise ConfigError(f"pipeline file {path} does not exist (presets: {presets})")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".json":
