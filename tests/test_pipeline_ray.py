@@ -36,25 +36,20 @@ def _outputs(out):
     return (out / "kept.jsonl").read_text(), summary["operators"], summary["histograms"]
 
 
-def test_ray_equals_local_on_the_rule_pipeline(data, tmp_path):
-    _, path = data
-    pipeline = load_pipeline("rules")
+def test_ray_equals_local_rules_dedup_and_a_model_operator_in_an_actor(data, tmp_path):
+    folder, path = data
+    tiny = str(make_tiny_checkpoint(folder / "tiny"))
+    rules = load_pipeline("rules").specs
+    judge = {"op": "answer_scores", "model": tiny, "max_new_tokens": 4, "text_only": True, "batch_size": 8,
+             "actors": 1}
+    pipeline = Pipeline(rules[:-2] + [judge] + rules[-2:])  # the judge's stats, then the global dedup on Ray too
     local = run_pipeline(pipeline, path, tmp_path / "local", shard_size=8, progress=False)
     on_ray = run_pipeline(pipeline, path, tmp_path / "ray", shard_size=8, engine="ray", workers=2, progress=False)
     assert _outputs(tmp_path / "local") == _outputs(tmp_path / "ray")
-    assert on_ray["engine"] == "ray" and on_ray["kept"] == local["kept"] == 36 - len(DEFECTS)
-    assert sum(local["dropped"].values()) == len(DEFECTS)
-
-
-def test_ray_model_operator_in_an_actor_equals_local(data, tmp_path):
-    folder, path = data
-    tiny = str(make_tiny_checkpoint(folder / "tiny"))
-    pipeline = Pipeline([{"op": "answer_text"}, {"op": "flag", "stat": "answer_empty"},
-                         {"op": "answer_scores", "model": tiny, "max_new_tokens": 4, "text_only": True,
-                          "batch_size": 8, "actors": 1},
-                         {"op": "threshold", "stat": "answer_clarity", "min": 3}])
-    run_pipeline(pipeline, path, tmp_path / "local", shard_size=16, progress=False)
-    run_pipeline(pipeline, path, tmp_path / "ray", shard_size=16, engine="ray", progress=False)
-    assert _outputs(tmp_path / "local") == _outputs(tmp_path / "ray")
-    raw = [json.loads(line)["stats"].get("answer_raw") for line in (tmp_path / "ray" / "stats.jsonl").open()]
-    assert sum(r is not None for r in raw) == 35  # every row but the empty answer went to the judge
+    assert on_ray["engine"] == "ray" and on_ray["in"] == local["in"] == 36
+    judged = [json.loads(line)["stats"].get("answer_raw") for line in (tmp_path / "ray" / "stats.jsonl").open()]
+    dups = {"near_duplicate": 1, "duplicate_media_hash": 1}
+    rule_drops = sum(v for k, v in local["dropped"].items() if k not in dups)
+    assert rule_drops == len(DEFECTS) - 2 and all(local["dropped"][k] == v for k, v in dups.items())
+    assert sum(r is not None for r in judged) == 36 - rule_drops  # the judge saw exactly the rows the rules kept
+    assert on_ray["kept"] == 36 - len(DEFECTS)
