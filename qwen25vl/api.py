@@ -105,6 +105,9 @@ def load(path: str | Path | None = None, device=None, dtype=None, *, threads: in
     folder = model_path(path)
     _check_threads(threads)
     quantize = isinstance(dtype, str) and dtype == "int8"  # int8 LLM linears, everything else fp32
+    if quantize and adapter is not None:
+        raise InputError("an unmerged LoRA adapter runs on floating-point weights, not int8: merge it first "
+                         "(qwen25vl train merge) and load the merged folder with dtype int8")
     device, dtype = resolve_device_dtype(device, "float32" if quantize else dtype,
                                          stored=Qwen25VLConfig.from_pretrained(folder).torch_dtype)
     model = Qwen25VL.from_pretrained(folder, dtype=dtype, device=device).eval()

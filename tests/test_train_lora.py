@@ -13,7 +13,7 @@ import torch
 from model_helpers import IMAGE, PATCH_DIM, V_END, V_START, mm_token_type_ids
 
 from qwen25vl.data.toy import write_toy_dataset
-from qwen25vl.errors import CheckpointError, ConfigError
+from qwen25vl.errors import CheckpointError, ConfigError, InputError
 from qwen25vl.model.vlm import Qwen25VL
 from qwen25vl.recipes.run import train
 from qwen25vl.recipes.stages import PRETRAIN, SFT
@@ -252,7 +252,8 @@ def test_api_and_serve_run_the_adapter_unmerged(monkeypatch, tmp_path, base, tra
     assert lora_modules(vlm.model) and not vlm.model.training
     reference = _with(base, adapter)
     assert torch.equal(_logits(vlm.model), _logits(reference))
-    merged = qwen25vl.load(merge_adapter(adapter, tmp_path / "merged", progress=False), threads=1)
+    assert main(["train", "merge", "--adapter", str(adapter), "--out", str(tmp_path / "merged")]) == 0
+    merged = qwen25vl.load(tmp_path / "merged", threads=1)  # the base named in adapter_config.json
     prompt = "Describe the picture."
     assert vlm.chat(prompt, max_new_tokens=8, temperature=0) == merged.chat(prompt, max_new_tokens=8, temperature=0)
     served = {}
@@ -260,6 +261,8 @@ def test_api_and_serve_run_the_adapter_unmerged(monkeypatch, tmp_path, base, tra
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)
     assert main(["serve", "--model", str(base), "--adapter", str(adapter), "--threads", "1"]) == 0
     assert torch.equal(_logits(served["vlm"].model), _logits(reference))
+    with pytest.raises(InputError, match="not int8"):
+        qwen25vl.load(base, adapter=adapter, dtype="int8")
 
 
 def test_bad_adapters_are_checkpoint_errors(tmp_path, base, trained):
