@@ -107,3 +107,13 @@ def test_sandbox_has_no_network_and_reports_failures():
     assert run_python(ADD + TESTS).passed
     failed = run_python(ADD + "assert add(1, 1) == 3\n")
     assert failed.reason == "failed" and "AssertionError" in failed.stderr
+
+
+def test_sandbox_network_namespace_holds_when_the_stub_is_bypassed():
+    from qwen25vl.data.pipeline.sandbox import _unshare_prefix
+
+    if not _unshare_prefix():
+        pytest.skip("unprivileged network namespaces (unshare -rn) are not allowed on this machine")
+    bypass = "import _socket\ns = _socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', 22))\n"
+    result = run_python(bypass)
+    assert result.reason == "failed" and "Network is unreachable" in result.stderr
