@@ -36,7 +36,7 @@ def _outputs(out):
     return (out / "kept.jsonl").read_text(), summary["operators"], summary["histograms"]
 
 
-def test_ray_equals_local_rules_dedup_and_a_model_operator_in_an_actor(data, tmp_path):
+def test_ray_equals_local_rules_dedup_and_a_model_operator_in_an_actor(data, tmp_path, monkeypatch):
     folder, path = data
     tiny = str(make_tiny_checkpoint(folder / "tiny"))
     rules = load_pipeline("rules").specs
@@ -53,3 +53,11 @@ def test_ray_equals_local_rules_dedup_and_a_model_operator_in_an_actor(data, tmp
     assert rule_drops == len(DEFECTS) - 2 and all(local["dropped"][k] == v for k, v in dups.items())
     assert sum(r is not None for r in judged) == 36 - rule_drops  # the judge saw exactly the rows the rules kept
     assert on_ray["kept"] == 36 - len(DEFECTS)
+    from qwen25vl.data.pipeline import ray_exec
+
+    def no_work(*args):
+        raise AssertionError("a finished Ray run must not run a stage again")
+
+    monkeypatch.setattr(ray_exec, "run_rows_stage", no_work)
+    again = run_pipeline(pipeline, path, tmp_path / "ray", shard_size=8, engine="ray", progress=False)
+    assert again["operators"] == on_ray["operators"]  # resumed from the Ray run's markers
