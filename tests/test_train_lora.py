@@ -283,3 +283,24 @@ def test_bad_adapters_are_checkpoint_errors(tmp_path, base, trained):
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
     with pytest.raises(ConfigError, match="no LoRA adapters"):
         save_adapter(model, tmp_path / "none")
+
+
+def test_merge_of_a_sharded_base_writes_each_shard_alone(monkeypatch, tmp_path, base, trained):
+    import safetensors.torch as st
+
+    from qwen25vl.weights import INDEX_NAME, read_header
+
+    adapter = trained[0] / "adapter"
+    sharded = _load(base).save_pretrained(tmp_path / "sharded", max_shard_size="200KB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (sharded / name).write_bytes((Path(base) / name).read_bytes())
+    shards = sorted(p.name for p in sharded.glob("*.safetensors"))
+    assert len(shards) >= 3
+    writes, save_file = [], st.save_file
+    monkeypatch.setattr(st, "save_file", lambda tensors, path, **kw: (writes.append(set(tensors)),
+                                                                     save_file(tensors, path, **kw)))
+    merged = merge_adapter(adapter, tmp_path / "merged", base=sharded, progress=False)
+    assert writes == [set(read_header(sharded / name)[0]) for name in shards]  # one shard per write, same keys
+    assert (merged / INDEX_NAME).read_text() == (sharded / INDEX_NAME).read_text()
+    on_the_fly = _logits(_with(base, adapter))
+    assert (_logits(_load(merged)) - on_the_fly).abs().max() <= 1e-5 * on_the_fly.abs().max()
