@@ -18,26 +18,39 @@ from qwen25vl.errors import InputError
 
 class KVCache:
     def __init__(self, num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
-        if min(num_layers, batch, max_len, num_kv_heads, head_dim) <= 0:
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                 capacity: int | None = None):
+        capacity = batch if capacity is None else capacity
+        if min(num_layers, capacity, max_len, num_kv_heads, head_dim) <= 0 or batch < 0 or capacity < batch:
             raise InputError(f"KVCache sizes must be positive, got layers {num_layers}, batch {batch}, "
-                             f"max_len {max_len}, kv heads {num_kv_heads}, head_dim {head_dim}")
-        shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)  # read-only outside this class
+                             f"capacity {capacity}, max_len {max_len}, kv heads {num_kv_heads}, head_dim {head_dim}")
+        shape = (num_layers, capacity, num_kv_heads, max_len, head_dim)
+        # (k, v, lengths, key_valid, rope_deltas) for every slot; the running rows are the first `batch` of them
+        self._store = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device),
+                       torch.zeros(capacity, dtype=torch.long, device=device),
+                       torch.zeros(capacity, max_len, dtype=torch.bool, device=device),
+                       torch.zeros(capacity, dtype=torch.long, device=device))
+        self._rows = batch
         self._host_lengths = [0] * batch  # a host copy: decode steps need no device-to-host sync
-        self.key_valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
-        self.rope_deltas = torch.zeros(batch, dtype=torch.long, device=device)
+        self._parent: tuple[KVCache, int] | None = None  # (cache, first row) of a `rows_view`
+        self._bind()
+
+    def _bind(self) -> None:
+        """Point k, v, lengths, key_valid, rope_deltas at the running rows (views: nothing is copied)."""
+        k, v, lengths, key_valid, deltas = self._store
+        n = self._rows
+        self.k, self.v = k[:, :n], v[:, :n]  # (L, B, Hkv, max_len, D)
+        self.lengths = lengths[:n]  # read-only outside this class
+        self.key_valid, self.rope_deltas = key_valid[:n], deltas[:n]
         self._pending: torch.Tensor | None = None  # (B, T) validity of the tokens being written
         self._step: tuple | None = None  # (T, slot index, mask) shared by every layer of one forward
 
     @classmethod
-    def for_model(cls, model, batch: int, max_len: int) -> KVCache:
+    def for_model(cls, model, batch: int, max_len: int, capacity: int | None = None) -> KVCache:
         cfg = model.config.text
         weight = model.model.embed_tokens.weight
         return cls(cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim,
-                   weight.dtype, weight.device)
+                   weight.dtype, weight.device, capacity=capacity)
 
     # --- sizes --------------------------------------------------------------------------------------------------
     @property
@@ -52,12 +65,17 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
+    @property
+    def capacity(self) -> int:
+        """Rows preallocated: `add_rows` opens up to capacity - batch more without copying."""
+        return self._store[0].shape[1]
+
     def is_empty(self) -> bool:
-        return max(self._host_lengths) == 0
+        return self.used() == 0
 
     def used(self) -> int:
         """Slots used by the longest row (max of `lengths`)."""
-        return max(self._host_lengths)
+        return max(self._host_lengths, default=0)
 
     def num_valid(self) -> torch.Tensor:
         """(B,) long: real (non-padding) tokens seen per row."""
@@ -127,6 +145,10 @@ class KVCache:
         self._host_lengths = [n + steps for n in self._host_lengths]
         self._pending = None
         self._step = None
+        if self._parent is not None:  # a rows_view: its tensors are the parent's; the host copy is not
+            parent, first = self._parent
+            parent._host_lengths[first : first + self._rows] = self._host_lengths
+            parent._step = None
 
     # --- rows ---------------------------------------------------------------------------------------------------
     def select(self, rows) -> KVCache:
@@ -170,3 +192,79 @@ class KVCache:
     def _empty_like(self, batch: int, max_len: int) -> KVCache:
         return KVCache(self.num_layers, batch, max_len, self.k.shape[2], self.k.shape[4], self.k.dtype,
                        self.k.device)
+
+    # --- preallocated slots: rows join and leave in place --------------------------------------------------------
+    def add_rows(self, count: int) -> range:
+        """Open `count` empty rows after the running ones, in preallocated slots: the running rows are not copied.
+
+        A reused slot's old keys stay in memory but are marked invalid, so no mask lets them in."""
+        start = self._rows
+        if count < 1 or start + count > self.capacity:
+            raise InputError(f"cannot add {count} rows to a cache of {start} rows and capacity {self.capacity}")
+        _, _, lengths, key_valid, deltas = self._store
+        lengths[start : start + count] = 0
+        key_valid[start : start + count] = False
+        deltas[start : start + count] = 0
+        self._rows += count
+        self._host_lengths += [0] * count
+        self._bind()
+        return range(start, start + count)
+
+    def rows_view(self, rows: range) -> KVCache:
+        """A cache over running rows [start, stop) that shares this one's storage: a forward on it (a prefill of
+        newly added rows) writes straight into their slots, and its offsets are mirrored here."""
+        if rows.step != 1 or rows.start < 0 or rows.stop > self._rows or len(rows) == 0:
+            raise InputError(f"rows_view needs a non-empty run of rows within {self._rows}, got {rows}")
+        view = KVCache.__new__(KVCache)
+        view._store = tuple(t[:, rows.start : rows.stop] if t.dim() == 5 else t[rows.start : rows.stop]
+                            for t in self._store)
+        view._rows = len(rows)
+        view._host_lengths = self._host_lengths[rows.start : rows.stop]
+        view._parent = (self, rows.start)
+        view._bind()
+        return view
+
+    def copy_row(self, src: int, dst: int) -> None:
+        """Make running row `dst` a copy of row `src` (its used slots, offsets, validity and rope delta)."""
+        k, v, lengths, key_valid, deltas = self._store
+        used = self._host_lengths[src]
+        k[:, dst, :, :used] = k[:, src, :, :used]
+        v[:, dst, :, :used] = v[:, src, :, :used]
+        lengths[dst], deltas[dst] = lengths[src], deltas[src]
+        key_valid[dst] = key_valid[src]
+        self._host_lengths[dst] = used
+        self._step = None
+
+    def remove_rows(self, drop) -> list[int]:
+        """Free these running rows in place. The last rows move into the holes (one row copied per hole below the
+        new count; the others stay where they are). Returns, for each row now running, its index before the call."""
+        gone = set(int(i) for i in drop)
+        if any(i < 0 or i >= self._rows for i in gone):
+            raise InputError(f"remove_rows {sorted(gone)} outside {self._rows} rows")
+        keep = self._rows - len(gone)
+        order = list(range(self._rows))
+        movers = [i for i in range(keep, self._rows) if i not in gone]
+        for hole, src in zip(sorted(i for i in gone if i < keep), movers):
+            self.copy_row(src, hole)
+            order[hole] = src
+        self._rows = keep
+        self._host_lengths = self._host_lengths[:keep]
+        self._bind()
+        return order[:keep]
+
+    def resized(self, max_len: int, capacity: int) -> KVCache:
+        """The running rows in a new cache of more slots per row or more rows (a copy: the one time rows move)."""
+        if max_len < self.used() or capacity < self._rows:
+            raise InputError(f"resized cache of max_len {max_len}, capacity {capacity} cannot hold {self._rows} "
+                             f"rows of up to {self.used()} slots")
+        out = KVCache(self.num_layers, self._rows, max_len, self.k.shape[2], self.k.shape[4], self.k.dtype,
+                      self.k.device, capacity=capacity)
+        used = self.used()
+        keep = min(max_len, self.max_len)
+        out.k[:, :, :, :used] = self.k[:, :, :, :used]
+        out.v[:, :, :, :used] = self.v[:, :, :, :used]
+        out.lengths.copy_(self.lengths)
+        out.key_valid[:, :keep] = self.key_valid[:, :keep]
+        out.rope_deltas.copy_(self.rope_deltas)
+        out._host_lengths = list(self._host_lengths)
+        return out

@@ -120,6 +120,7 @@ class Row:
         if request.presence_penalty or request.frequency_penalty:
             self.counts = torch.zeros(vocab_size, device=device)
         self.pending_logprobs: list[dict] = []  # entries of tokens whose text is not sent yet
+        self.prefill = None  # (chunks left, image features, video features) while a long prompt is prefilled
 
     def penalize(self, logits: torch.Tensor) -> torch.Tensor:
         """logits (V,) -> logits with OpenAI's presence and frequency penalties applied (generated tokens only)."""

@@ -1,13 +1,20 @@
 """Continuous batching: one worker thread owns the model and decodes every running request together.
 
+The running rows live in one `KVCache` of `max_batch` preallocated slots: a joining request is prefilled straight
+into free slots (`add_rows` + `rows_view`), a finished row's slot is refilled by moving the last row into it
+(`remove_rows`), so the running rows' cache is never copied to admit or drop anyone (only when a request needs more
+slots per row than allocated: `resized`, counted in `cache_copies`).
+
 Each iteration of the worker loop
 1. drops rows whose client went away or whose time ran out, and requests that waited too long;
-2. admits waiting requests (up to `max_batch` rows and a prefill token budget, so decoding rows never stall for long):
-   their images and videos go through the vision tower in one call across requests, then each request is prefilled
-   into its own KVCache, its first token sampled, and its rows joined to the running cache (`KVCache.concat`);
-3. runs one decode step for all running rows (rows sit at different lengths: the cache keeps per-row offsets);
-4. sends each request its new text (`loop.call_soon_threadsafe` onto the request's asyncio queue) and removes
-   finished rows from the cache (`KVCache.select`).
+2. admits waiting requests (up to `max_batch` rows and a prefill token budget): their images and videos go through
+   the vision tower in one call across requests (features reused across requests by content hash, `VisionCache`);
+   prompts up to `prefill_chunk` tokens are prefilled together in one left-padded forward, a longer one chunk by
+   chunk (`serve/prefill.py`), one chunk per iteration, so decoding rows never wait for a whole long prompt;
+3. runs one decode step for all running rows (a row still being prefilled takes part as a padding token, which
+   its cache marks invalid);
+4. sends each request its new text (`loop.call_soon_threadsafe` onto the request's asyncio queue) and frees
+   finished rows.
 Handlers never touch the model; the worker never awaits anything.
 """
 
@@ -22,10 +29,10 @@ from typing import Callable, Optional
 import torch
 
 from qwen25vl.errors import InputError, Qwen25VLError
-from qwen25vl.generation.sampling import sample
 from qwen25vl.generation.vision_cache import VisionCache, encode_items
 from qwen25vl.model.kv_cache import KVCache
-from qwen25vl.serve.json_mode import token_byte_table
+from qwen25vl.serve.prefill import can_batch, chunk_bounds, chunk_inputs, padded_batch
+from qwen25vl.serve.row_sampling import RowSampler
 from qwen25vl.serve.rows import Event, GenRequest, Row, emit_all
 
 log = logging.getLogger("qwen25vl.serve")
@@ -45,17 +52,22 @@ class QueueFull(Exception):
 
 class Scheduler:
     def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256,
-                 prefill_tokens_per_step: int = 8192, vision_cache_bytes: int = 256 * 2**20):
+                 prefill_tokens_per_step: int = 8192, vision_cache_bytes: int = 256 * 2**20,
+                 prefill_chunk: int = 512, slot_tokens: int = 1024):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.prefill_budget = prefill_tokens_per_step
+        if prefill_chunk < 1:
+            raise InputError(f"prefill_chunk must be a positive number of tokens, got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
+        self.slot_tokens = slot_tokens  # cache slots per row allocated at first (more: one copy, doubling)
         self.vision_cache = VisionCache(vision_cache_bytes) if vision_cache_bytes > 0 else None
         self.device = model.model.embed_tokens.weight.device
         self.vocab_size = model.lm_head.weight.shape[0] if hasattr(model, "lm_head") else model.config.text.vocab_size
         self.eos_ids = tuple(getattr(tokenizer, "eos_token_ids", ()) or (model.config.eos_token_id,))
-        self._token_bytes = None  # bytes of every token id: JSON mode and logprobs, built on first use
+        self.sampler = RowSampler(tokenizer, self.vocab_size)
         self._waiting: collections.deque[GenRequest] = collections.deque()
         self._rows: list[Row] = []
         self._cache: Optional[KVCache] = None
@@ -64,6 +76,8 @@ class Scheduler:
         self._thread: Optional[threading.Thread] = None
         self.steps = 0  # decode steps run (for tests and the benchmark)
         self.max_rows_seen = 0
+        self.prefill_calls = 0  # prefill forwards (a batch of prompts, or one chunk of a long one)
+        self.cache_copies = 0  # times the running rows' cache was copied (only to grow its slots per row)
         self.rows_cancelled = 0  # rows dropped because their client went away
         self.before_step: Optional[Callable[[], None]] = None  # called before each decode step (tests, tracing)
         self._changed = threading.Condition()  # notified after every worker iteration (observers, not the worker)
@@ -142,7 +156,7 @@ class Scheduler:
                         self._decode_step()
                 except Exception as err:  # a bug must not kill the server: fail the running requests, go on
                     log.exception("scheduler step failed")
-                    failed = {id(r.request): r.request for r in self._rows}.values()
+                    failed = {id(r.request): r.request for r in self._rows if r is not None}.values()
                     self._rows, self._cache = [], None
                     for request in failed:
                         request.fail(500, "server_error", f"generation failed: {type(err).__name__}: {err}")
@@ -174,8 +188,9 @@ class Scheduler:
     def _keep(self, keep: list[int]) -> None:
         if len(keep) == len(self._rows):
             return
-        self._rows = [self._rows[i] for i in keep]
-        self._cache = self._cache.select(keep) if keep else None
+        kept = set(keep)
+        order = self._cache.remove_rows([i for i in range(len(self._rows)) if i not in kept])
+        self._rows = [self._rows[i] for i in order]  # the cache moved rows: the list follows
 
     def _take_admissible(self) -> list[GenRequest]:
         taken, rows, tokens = [], len(self._rows), 0
@@ -184,30 +199,130 @@ class Scheduler:
                 request = self._waiting[0]
                 if rows + request.n > self.max_batch:
                     break
-                if taken and tokens + request.prompt_len > self.prefill_budget:
+                first = min(request.prompt_len, self.prefill_chunk)  # a long prompt costs one chunk now
+                if taken and tokens + first > self.prefill_budget:
                     break  # the rest waits one decode step: running rows keep streaming meanwhile
                 self._waiting.popleft()
                 taken.append(request)
                 rows += request.n
-                tokens += request.prompt_len
+                tokens += first
         return taken
 
     def _admit(self) -> None:
         taken = self._take_admissible()
-        if not taken:
-            return
-        try:
-            embeds = self._encode_vision(taken)
-        except Exception as err:
-            for request in taken:
-                _fail_for(request, err)
-            return
-        for request, (image_embeds, video_embeds) in zip(taken, embeds):
+        if taken:
             try:
-                self._prefill(request, image_embeds, video_embeds)
-            except Exception as err:  # one bad request must not take the others down
-                _fail_for(request, err)
+                embeds = self._encode_vision(taken)
+            except Exception as err:
+                for request in taken:
+                    _fail_for(request, err)
+                taken = []
+            pairs = list(zip(taken, embeds)) if taken else []
+            short = [p[0].prompt_len <= self.prefill_chunk and can_batch(p[0].inputs) for p in pairs]
+            group = [p for p, ok in zip(pairs, short) if ok]
+            if group and not self._guarded(self._prefill_batch, group, report=len(group) == 1):
+                for pair in group:  # one bad prompt fails the batch: each alone, so only it fails
+                    self._guarded(self._prefill_batch, [pair])
+            for pair, ok in zip(pairs, short):
+                if not ok:
+                    self._guarded(self._start_chunked, [pair])
+        self._next_chunk()
         self.max_rows_seen = max(self.max_rows_seen, len(self._rows))
+
+    def _guarded(self, fn, pairs: list, report: bool = True) -> bool:
+        """Run a prefill; a bad request must not take the running rows down. On failure its rows are removed and
+        (`report`) its requests answered with the error; returns whether it succeeded."""
+        try:
+            fn(pairs)
+            return True
+        except Exception as err:
+            requests = {id(p[0]): p[0] for p in pairs}
+            self._keep([i for i, r in enumerate(self._rows) if r is not None and id(r.request) not in requests])
+            for request in requests.values() if report else ():
+                _fail_for(request, err)
+            return False
+
+    def _open_rows(self, count: int, need: int) -> range:
+        """`count` new rows in free slots of at least `need` slots each (the running rows stay where they are)."""
+        if self._cache is None:
+            self._cache = KVCache.for_model(self.model, 0, max(need, self.slot_tokens), capacity=self.max_batch)
+        elif need > self._cache.max_len:
+            self._cache = self._cache.resized(max(need, 2 * self._cache.max_len), self.max_batch)
+            self.cache_copies += 1
+        return self._cache.add_rows(count)
+
+    def _new_rows(self, request: GenRequest) -> list[Row]:
+        return [Row(request, i, self.tokenizer, self.eos_ids, self.vocab_size,
+                    self.token_bytes() if request.json_mode else None, self.device) for i in range(request.n)]
+
+    def _prefill_batch(self, pairs: list) -> None:
+        """Prompts of a few requests in one left-padded forward, written straight into new slots."""
+        batch = padded_batch([r.inputs for r, _ in pairs])
+        width = batch["input_ids"].shape[1]
+        slots = self._open_rows(len(pairs), width + max(r.params.max_new_tokens for r, _ in pairs))
+        self._rows += [None] * len(pairs)  # placeholders: a failure below removes these rows
+        out = self._forward(batch, self._cache.rows_view(slots), *_joined(pairs))
+        for i, (request, _) in enumerate(pairs):
+            self._join(request, slots.start + i, out.logits[i, -1])
+        self._keep_unfinished()
+
+    def _start_chunked(self, pairs: list) -> None:
+        (request, (image_embeds, video_embeds)), = pairs
+        cfg = self.model.config
+        bounds = chunk_bounds(request.inputs["input_ids"].reshape(-1), self.prefill_chunk,
+                              cfg.vision_start_token_id, cfg.vision_end_token_id)
+        # each chunk but the last is followed by a decode step, which leaves one invalid slot in this row
+        slot = self._open_rows(1, request.prompt_len + len(bounds) + request.params.max_new_tokens).start
+        row = self._new_rows(request)[0]
+        row.prefill = (bounds, image_embeds, video_embeds)
+        self._rows.append(row)
+        assert slot == len(self._rows) - 1
+
+    def _next_chunk(self) -> None:
+        """Prefill the next chunk of the oldest request still being prefilled (one chunk per iteration)."""
+        waiting = [i for i, r in enumerate(self._rows) if r is not None and r.prefill is not None]
+        if not waiting:
+            return
+        index = min(waiting, key=lambda i: self._rows[i].request.id)
+        row = self._rows[index]
+        bounds, image_embeds, video_embeds = row.prefill
+        cfg = self.model.config
+        part = chunk_inputs(row.request.inputs, *bounds[0], start_id=cfg.vision_start_token_id,
+                            end_id=cfg.vision_end_token_id, image_id=cfg.image_token_id,
+                            merge=cfg.vision.spatial_merge_size ** 2, image_embeds=image_embeds,
+                            video_embeds=video_embeds)
+        image_embeds, video_embeds = part.pop("image_embeds"), part.pop("video_embeds")
+        try:
+            out = self._forward(part, self._cache.rows_view(range(index, index + 1)), image_embeds, video_embeds)
+        except Exception as err:
+            self._keep([i for i in range(len(self._rows)) if i != index])
+            _fail_for(row.request, err)
+            return
+        row.prefill = (bounds[1:], row.prefill[1], row.prefill[2]) if len(bounds) > 1 else None
+        if row.prefill is None:
+            self._join(row.request, index, out.logits[0, -1], first=row)
+            self._keep_unfinished()
+
+    def _forward(self, inputs: dict, cache: KVCache, image_embeds, video_embeds):
+        inputs = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        self.prefill_calls += 1
+        return self.model(
+            inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+            image_grid_thw=inputs.get("image_grid_thw"), video_grid_thw=inputs.get("video_grid_thw"),
+            second_per_grid_ts=inputs.get("second_per_grid_ts"), cache=cache,
+            image_embeds=image_embeds, video_embeds=video_embeds, logits_to_keep=1,
+        )
+
+    def _join(self, request: GenRequest, slot: int, logits: torch.Tensor, first: Row | None = None) -> None:
+        """The prefilled row at `slot` starts decoding; n choices copy its cache into n - 1 more slots."""
+        rows = self._new_rows(request) if first is None else [first] + self._new_rows(request)[1:]
+        self._rows[slot] = rows[0]
+        if request.n > 1:
+            for extra in self._cache.add_rows(request.n - 1):  # the n choices share the prompt: one prefill
+                self._cache.copy_row(slot, extra)
+            self._rows += rows[1:]
+        tokens, logprobs = self._sample(rows, logits.float()[None].expand(request.n, -1))
+        self._deliver(rows, tokens, logprobs, keep=False)  # rows are freed once every join is done
 
     def _encode_vision(self, requests: list[GenRequest]) -> list[tuple]:
         """One tower call per kind across all admitted requests; split the features back per request."""
@@ -226,99 +341,29 @@ class Scheduler:
                 out[i][slot] = part
         return [tuple(x) for x in out]
 
-    def _prefill(self, request: GenRequest, image_embeds, video_embeds) -> None:
-        inputs = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in request.inputs.items()}
-        cache = KVCache.for_model(self.model, 1, request.prompt_len + request.params.max_new_tokens)
-        out = self.model(
-            inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-            image_grid_thw=inputs.get("image_grid_thw"), video_grid_thw=inputs.get("video_grid_thw"),
-            second_per_grid_ts=inputs.get("second_per_grid_ts"), cache=cache,
-            image_embeds=image_embeds, video_embeds=video_embeds, logits_to_keep=1,
-        )
-        if request.n > 1:
-            cache = cache.select([0] * request.n)  # the n choices share the prompt: one prefill, n copies
-        rows = [Row(request, i, self.tokenizer, self.eos_ids, self.vocab_size,
-                    self.token_bytes() if request.json_mode else None, self.device) for i in range(request.n)]
-        logits = out.logits[:, -1].float().expand(request.n, -1)  # (n, V)
-        tokens, logprobs = self._sample(rows, logits)
-        joined = cache if self._cache is None else self._cache.concat(cache)
-        self._rows, self._cache = self._rows + rows, joined  # together: rows and cache rows stay aligned
-        self._deliver(rows, tokens, logprobs)
-
     def _decode_step(self) -> None:
-        tokens = torch.tensor([[r.last_token] for r in self._rows], dtype=torch.long, device=self.device)  # (B, 1)
-        out = self.model(tokens, cache=self._cache, logits_to_keep=1)
+        decoding = [i for i, r in enumerate(self._rows) if r.prefill is None]
+        if not decoding:
+            return
+        # a row still being prefilled steps along as a padding token (an invalid slot), so every row is in one call
+        tokens = torch.tensor([[r.last_token if r.prefill is None else 0] for r in self._rows],
+                              dtype=torch.long, device=self.device)  # (B, 1)
+        mask = None
+        if len(decoding) < len(self._rows):
+            mask = torch.tensor([[r.prefill is None] for r in self._rows], device=self.device)
+        out = self.model(tokens, attention_mask=mask, cache=self._cache, logits_to_keep=1)
         self.steps += 1
-        self._deliver(self._rows, *self._sample(self._rows, out.logits[:, -1].float()))
+        rows = [self._rows[i] for i in decoding]
+        logits = out.logits[:, -1].float()
+        self._deliver(rows, *self._sample(rows, logits if mask is None else logits[decoding]))
 
     def token_bytes(self) -> list:
-        if self._token_bytes is None:
-            self._token_bytes = token_byte_table(self.tokenizer, self.vocab_size)
-        return self._token_bytes
-
-    def _penalize(self, rows: list[Row], logits: torch.Tensor) -> torch.Tensor:
-        asking = [i for i, r in enumerate(rows) if r.counts is not None]
-        if not asking:
-            return logits
-        logits = logits.clone()
-        for i in asking:
-            logits[i] = rows[i].penalize(logits[i])
-        return logits
-
-    def _logprobs(self, rows: list[Row], logits: torch.Tensor, tokens: list[int]) -> list:
-        """OpenAI logprob entries for the rows that ask (None for the others), from the model's distribution
-        after the penalties and before temperature and filtering (what vLLM reports too)."""
-        out: list = [None] * len(rows)
-        for i, row in enumerate(rows):
-            k = row.request.top_logprobs
-            if k is None:
-                continue
-            logp = torch.log_softmax(logits[i].float(), dim=-1)  # (V,)
-            top = torch.topk(logp, k) if k else None
-            entry = self._entry(tokens[i], float(logp[tokens[i]]))
-            entry["top_logprobs"] = [] if top is None else [
-                self._entry(int(t), float(v)) for v, t in zip(top.values.tolist(), top.indices.tolist())]
-            out[i] = entry
-        return out
-
-    def _entry(self, token: int, logprob: float) -> dict:
-        raw = self.token_bytes()[token] if token < self.vocab_size else None
-        if raw is None:  # special tokens: their name is their text
-            text = self.tokenizer.decode([token], skip_special_tokens=False)
-            raw = text.encode("utf-8")
-        return {"token": raw.decode("utf-8", errors="replace"), "logprob": max(logprob, -9999.0),
-                "bytes": list(raw)}
+        return self.sampler.token_bytes()
 
     def _sample(self, rows: list[Row], logits: torch.Tensor) -> tuple[list[int], list]:
-        """logits (B, V) -> one token per row, and the logprob entries of the rows that ask for them.
+        return self.sampler.sample(rows, logits)
 
-        Rows without state of their own share one batched `sample` call (each with its own params); seeded rows
-        draw from their own generator (so a seed gives the same text whatever else is running) and JSON rows are
-        masked first, one row at a time.
-        """
-        logits = self._penalize(rows, logits)
-        own = {i for i, r in enumerate(rows) if r.json is not None or r.generator is not None}
-        shared = [i for i in range(len(rows)) if i not in own]
-        tokens = [0] * len(rows)
-        if shared:
-            sub = logits if len(shared) == len(rows) else logits[shared]
-            seen = None
-            if any(rows[i].seen is not None for i in shared):
-                seen = torch.zeros(sub.shape, dtype=torch.bool, device=sub.device)  # (B_shared, V)
-                for j, i in enumerate(shared):
-                    if rows[i].seen is not None:
-                        seen[j] = rows[i].seen[0]
-            picked = sample(sub, [rows[i].params for i in shared], None, seen).tolist()
-            for j, i in enumerate(shared):
-                tokens[i] = picked[j]
-        for i in sorted(own):
-            row, row_logits = rows[i], logits[i]
-            if row.json is not None:
-                row_logits = row.json.mask(row_logits, row.params.max_new_tokens - row.generated)
-            tokens[i] = int(sample(row_logits[None], row.params, row.generator, row.seen)[0])
-        return tokens, self._logprobs(rows, logits, tokens)
-
-    def _deliver(self, rows: list[Row], tokens: list[int], logprobs: list) -> None:
+    def _deliver(self, rows: list[Row], tokens: list[int], logprobs: list, keep: bool = True) -> None:
         """Send each request its events for this step; drop rows that finished."""
         by_request: dict[int, tuple[GenRequest, list[Event]]] = {}
         for row, token, logprob in zip(rows, tokens, logprobs):
@@ -331,4 +376,17 @@ class Scheduler:
                 if request.finished_rows == request.n:
                     events.append(Event("end", usage={"completion_tokens": request.completion_tokens}))
         emit_all(list(by_request.values()))
+        if keep:
+            self._keep_unfinished()
+
+    def _keep_unfinished(self) -> None:
         self._keep([i for i, r in enumerate(self._rows) if r.finish_reason is None])
+
+
+def _joined(pairs: list) -> tuple:
+    """The image and video features of several requests, concatenated in row order (None where none has any)."""
+    out = []
+    for slot in (0, 1):
+        parts = [embeds[slot] for _, embeds in pairs if embeds[slot] is not None]
+        out.append(torch.cat(parts) if parts else None)
+    return tuple(out)
