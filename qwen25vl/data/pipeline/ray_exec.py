@@ -86,9 +86,9 @@ def run_rows_stage(run, k: int, first: int, end: int, pending: list[str], finger
         for row in load_rows(run.stage_dir(k - 1) / f"{shard}.jsonl"):
             shard_of[row["idx"]] = shard
             items.append({"idx": row["idx"], "row": json.dumps(row, ensure_ascii=False)})
-    counts = {s: 0 for s in pending}
+    grouped: dict[str, list[dict]] = {s: [] for s in pending}
     if items:
-        blocks = max(1, min(len(items) // 1000, 4 * run.workers)) if len(items) >= 1000 else 1
+        blocks = max(1, min(len(items) // 1000, 4 * run.workers))  # ~1,000 rows a block, a few per worker
         ds = ray.data.from_items(items, override_num_blocks=blocks)
         specs = run.pipeline.specs
         for kind, start, stop in segments(run.pipeline.ops[first:end], first):
@@ -100,17 +100,13 @@ def run_rows_stage(run, k: int, first: int, end: int, pending: list[str], finger
                                     batch_size=op.batch_size, batch_format="numpy", concurrency=op.actors,
                                     num_gpus=op.num_gpus or None)
         rows = sorted((json.loads(item["row"]) for item in ds.take_all()), key=lambda r: r["idx"])
-        grouped: dict[str, list[dict]] = {s: [] for s in pending}
-        for row in rows:
-            grouped[shard_of[row["idx"]]].append(row)
         if len(rows) != len(items):
             raise RuntimeError(f"Ray returned {len(rows)} rows for {len(items)}")
-    else:
-        grouped = {s: [] for s in pending}
+        for row in rows:
+            grouped[shard_of[row["idx"]]].append(row)
     folder = Path(run.stage_dir(k))
     for shard, rows in grouped.items():
         write_rows(folder / f"{shard}.jsonl", rows)
-        counts[shard] = len(rows)
         write_marker(folder / f"{shard}.done", {"fingerprint": fingerprint, "rows": len(rows)})
         if run.on_shard:
             run.on_shard(f"stage{k}", shard)
