@@ -270,3 +270,26 @@ def save_model(model, path: str | Path, max_shard_size: int | str = "5GB") -> Pa
     elif (folder / INDEX_NAME).exists():
         (folder / INDEX_NAME).unlink()  # a stale index would point the loader at old shards
     return folder
+
+
+_NOT_COPIED = {"config.json", INDEX_NAME, QUANT_NAME}
+
+
+def quantize_folder(src: str | Path, dst: str | Path, max_shard_size: int | str = "5GB") -> Path:
+    """Quantise a checkpoint folder's language model to int8 (`model/quant.py`) and write a folder that
+    `qwen25vl.load` reads as is: the weights, quantization.json, and the source's tokenizer, processor and generation
+    files (every other .json / .jinja / .txt file, copied unchanged)."""
+    import shutil
+
+    from qwen25vl.model.quant import quantize_model
+
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        raise InputError(f"quantize_folder would overwrite its source {src}: give another output folder")
+    model = load_model(src, dtype=torch.float32)
+    quantize_model(model)
+    save_model(model, dst, max_shard_size=max_shard_size)
+    for path in sorted(src.iterdir()):
+        if path.is_file() and path.suffix in (".json", ".jinja", ".txt") and path.name not in _NOT_COPIED:
+            shutil.copyfile(path, dst / path.name)
+    return dst

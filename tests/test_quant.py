@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import qwen25vl
-from qwen25vl.errors import CheckpointError
+from qwen25vl.errors import CheckpointError, InputError
 from qwen25vl.generation.paths import EMBEDDED_MODEL_DIR
 from qwen25vl.model import quant
 from qwen25vl.model.quant import Int8Linear, quantize_model, quantize_weight
@@ -91,6 +91,22 @@ def test_quantise_save_load_round_trip_is_bit_equal(tmp_path, rest):
     ids = torch.randint(0, 500, (2, 9))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, back(ids).logits)
+
+
+def test_quantize_folder_writes_a_folder_the_api_loads(tmp_path, one_thread):
+    from qwen25vl.weights import quantize_folder
+
+    src = _tiny(tmp_path)
+    out = quantize_folder(src, tmp_path / "q8")
+    assert (out / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    assert (out / "generation_config.json").is_file() and (out / "quantization.json").is_file()
+    direct, saved = qwen25vl.load(src, dtype="int8", threads=None), qwen25vl.load(out, threads=None)
+    assert isinstance(saved.model.lm_head, Int8Linear)
+    a, b = direct.model.state_dict(), saved.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert saved.chat("hello", max_new_tokens=6, temperature=0) == direct.chat("hello", max_new_tokens=6, temperature=0)
+    with pytest.raises(InputError, match="overwrite"):
+        quantize_folder(out, out)
 
 
 def test_saving_a_float_model_over_a_quantised_folder_drops_the_spec(tmp_path):
