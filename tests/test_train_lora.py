@@ -96,6 +96,17 @@ def test_targets_by_preset_name_and_glob_and_bad_ones(base):
             LoraSpec(**bad)
 
 
+def test_lora_flags_without_a_rank_are_refused(tmp_path, data, capsys):
+    from qwen25vl.cli import main
+
+    args = ["train", "sft", "--preset", "tiny", "--data", str(data), "--out", str(tmp_path)]
+    assert main(args + ["--lora-targets", "vision"]) == 2
+    assert "need --lora-rank" in capsys.readouterr().err
+    assert main(args + ["--lora-rank", "0"]) == 2
+    assert "rank must be a positive integer" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
 def test_only_adapters_get_gradients_and_optimizer_state(base, data):
     from qwen25vl.data.encoding import Encoder
     from qwen25vl.data.loader import PackLoader

@@ -115,6 +115,10 @@ def recipe_of(args, base=None):
 def _lora_of(args):
     """The LoRA spec the --lora-* flags ask for; None without --lora-rank."""
     if args.lora_rank is None:
+        if args.lora_alpha is not None or args.lora_dropout or args.lora_targets != "llm":
+            from qwen25vl.errors import ConfigError
+
+            raise ConfigError("--lora-alpha, --lora-dropout and --lora-targets need --lora-rank R (LoRA is off)")
         return None
     from qwen25vl.train.lora import LoraSpec
 
