@@ -95,7 +95,9 @@ def load(path: str | Path | None = None, device=None, dtype=None, *, threads: in
     model, else the cores idle at load), None keeps torch's current count. Why auto: with another process on the
     second of 2 cores, a tiny model's 100 greedy tokens took 13.4 s on 2 threads and 0.8-1.1 s on 1. compile: torch.compile the decode step (pays on
     GPU; a cold compile costs seconds on CPU). decode_layout: store wide LLM weights transposed for faster CPU
-    decoding (`generation/layout.py`); default on for CPU. vision_cache_bytes: LRU budget of image/video features
+    decoding (`generation/layout.py`); default on for CPU, except bf16 weights on a CPU without native bf16 (there
+    torch's bf16 product with the transposed layout ran 10x slower: 0.9 against 9.8 GB/s, AMD EPYC with AVX2, 4864 x
+    896, 1 thread; benchmarks/results/quant.md). vision_cache_bytes: LRU budget of image/video features
     reused across calls (0 = off).
     """
     from qwen25vl.config import Qwen25VLConfig
@@ -121,7 +123,9 @@ def load(path: str | Path | None = None, device=None, dtype=None, *, threads: in
         load_adapter(model, adapter)
         model.eval()
     reason = _set_threads(model, threads) if device.type == "cpu" else None
-    if decode_layout if decode_layout is not None else device.type == "cpu":
+    if decode_layout is None:
+        decode_layout = device.type == "cpu" and (dtype != torch.bfloat16 or cpu_has_bf16())
+    if decode_layout:
         use_decode_layout(model)
     processor = Processor.from_pretrained(folder)
     vlm = VLM(model, processor, generation_config=read_generation_config(folder), compile=compile,

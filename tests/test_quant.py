@@ -144,6 +144,18 @@ def test_load_int8_through_the_api_and_the_runtime_flag(tmp_path, one_thread):
     assert "int8 LLM linears + float32" in startup_line(vlm, "ckpt")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_keeps_the_decode_layout_only_where_the_cpu_computes_bf16(tmp_path, monkeypatch, native, one_thread):
+    from qwen25vl import api
+    from qwen25vl.generation.layout import RowSplitLinear
+
+    monkeypatch.setattr(api, "cpu_has_bf16", lambda: native)
+    bf16 = qwen25vl.load(_tiny(tmp_path), dtype="bfloat16", threads=None)
+    assert isinstance(bf16.model.model.layers[0].mlp.up_proj, RowSplitLinear) == native
+    fp32 = qwen25vl.load(_tiny(tmp_path), dtype="float32", threads=None)
+    assert isinstance(fp32.model.model.layers[0].mlp.up_proj, RowSplitLinear)
+
+
 # --- the embedded tiny model against fp32 --------------------------------------------------------------------------
 # Measured on the 5 held-out grounding prompts (48 new tokens): int8 departs from fp32 greedy first at tokens
 # 13, 47, 13, never, 21; bf16 at 13, never, never, never, 16. Token 13 is the first digit of the first coordinate,
