@@ -66,6 +66,25 @@ def test_the_temperature_is_learned_and_clamped_as_clip_does():
     assert clip.logit_scale.item() == 0.0
 
 
+def test_a_step_clamps_the_temperature_and_reports_it():
+    from qwen25vl.train.clip import ClipBatch, clip_step
+    from qwen25vl.train.optim import build_optimizer, build_scheduler
+
+    cfg = Qwen25VLConfig.preset("tiny")
+    clip = CLIPModel(cfg.vision, TextTowerConfig(vocab_size=544, **TEXT), embed_dim=16)
+    grids = torch.tensor([[1, 4, 4], [1, 4, 8]])
+    ids, cu_seqlens = torch.tensor([5, 6, 7, 8, 9]), torch.tensor([0, 2, 5], dtype=torch.int32)  # captions of 2, 3
+    batch = ClipBatch(torch.randn(48, 1176), grids, ids, cu_seqlens, [0, 1], ["a", "b"])
+    with torch.no_grad():
+        clip.logit_scale.fill_(7.0)  # above CLIP's ceiling, as a large step could push it
+    optimizer = build_optimizer(clip, {"vision": 0.0, "merger": 0.0, "llm": 0.0})
+    before = clip.visual.merger.mlp[0].weight.clone()
+    stats = clip_step(clip, optimizer, build_scheduler(optimizer, warmup=0, total=1), batch)
+    assert clip.logit_scale.item() == pytest.approx(LOGIT_SCALE_MAX)
+    assert stats["temperature"] == pytest.approx(0.01) and stats["grad_norm"] > 0 and stats["accuracy"] in (0, 0.5, 1)
+    assert torch.equal(before, clip.visual.merger.mlp[0].weight)  # rate 0: only the clamp moved anything
+
+
 def test_retrieval_counts_an_equal_caption_as_a_hit_and_knows_its_chance():
     image = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [-1.0, 0.0]])
     text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
