@@ -2,13 +2,15 @@
 
 | recipe | trains | packs of | data (report) |
 |---|---|---|---|
+| clip (before stage 1) | ViT + merger from scratch, against a throwaway text tower | pair batches | image captions |
 | pretrain stage 1 | ViT + merger, LLM frozen | 8,192 | captions, OCR, knowledge |
 | pretrain stage 2 | everything | 8,192 | the full interleaved mix |
 | pretrain stage 3 | everything | 32,768 | long video and agent data |
 | sft | merger + LLM, ViT frozen | 8,192 | instruction data |
 
 The learning rates are ours (the report gives none): the official fine-tuning scripts' habit of a smaller rate for
-the ViT than for the merger and LLM is kept.
+the ViT than for the merger and LLM is kept. The clip recipe (`recipes/clip.py::CLIP`) exports a full model folder
+whose `visual.*` weights are the trained ones: stage 1 starts from it with `--model`.
 """
 
 from __future__ import annotations
