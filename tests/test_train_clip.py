@@ -15,7 +15,7 @@ import torch
 from qwen25vl.config import Qwen25VLConfig
 from qwen25vl.data.records import read_records
 from qwen25vl.data.synth.captions import write_captions
-from qwen25vl.errors import InputError
+from qwen25vl.errors import ConfigError, InputError
 from qwen25vl.recipes.clip import CLIP, ClipLoader, _init_weights, _processing, evaluate, pair_of, train_clip
 from qwen25vl.train.clip import (
     LOGIT_SCALE_MAX, CLIPModel, TextTowerConfig, clamp_logit_scale, clip_loss, retrieval_accuracy,
@@ -261,3 +261,21 @@ def test_the_caption_command_writes_records_of_the_chosen_vocabulary(tmp_path, c
     assert all(set(t.replace(" and ", " ").split()) <= {"a", "red", "star", "ring"} for t in texts)
     assert main([str(tmp_path), "--count", "1", "--shapes", "blob"]) == 2
     assert "['blob']" in capsys.readouterr().err
+
+
+def test_from_a_model_folder_the_export_keeps_its_llm_and_tokenizer(captions, tmp_path):
+    from qwen25vl.model.vlm import Qwen25VL
+    from qwen25vl.testing.checkpoint import make_tiny_checkpoint
+
+    base = make_tiny_checkpoint(tmp_path / "base", seed=4)
+    out = tmp_path / "run"
+    log = train_clip(CLIP.replace(steps=2, warmup=0), data=[str(captions[2])], out=str(out), model=str(base), batch=8,
+                     text=TEXT, embed_dim=16, quiet=True)
+    assert [e["step"] for e in log] == [1, 2]
+    before = Qwen25VL.from_pretrained(base, dtype=torch.float32, progress=False).state_dict()
+    after = Qwen25VL.from_pretrained(out / "hf", dtype=torch.float32, progress=False).state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items() if not k.startswith("visual."))
+    assert not torch.equal(before["visual.blocks.0.attn.qkv.weight"], after["visual.blocks.0.attn.qkv.weight"])
+    assert (out / "hf" / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
+    with pytest.raises(ConfigError, match="exactly one of"):
+        train_clip(CLIP, data=[str(captions[2])], out=str(tmp_path / "x"), model=str(base), preset="tiny")
