@@ -206,6 +206,16 @@ def test_kill_9_and_resume_continue_the_same_losses(tmp_path, base, data, traine
     killed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (run / "adapter").exists()
+    saved = _checkpoint_keys(run / "checkpoints" / "step-00000002")
+    assert saved["model"] and all(".lora_" in k for k in saved["model"])  # no frozen base weight, no tied head
+    assert saved["optim"] == {k for k in saved["model"]}  # Adam's moments of the adapters, nothing else
+    reference = json.loads((run / "checkpoints" / "step-00000002" / "base.json").read_text())
+    assert Path(reference["path"]) == Path(base).resolve()
+    other = make_tiny_checkpoint(tmp_path / "other", seed=4)  # the same config and shapes, other weights
+    with pytest.raises(CheckpointError, match="trained on the base .* is a different model .model.safetensors"):
+        train(SFT.replace(**SMALL), data=[str(data)], out=str(run), model=str(other), quiet=True)
+    with pytest.raises(CheckpointError, match="holds LoRA adapters only"):
+        train(SFT.replace(**{**SMALL, "lora": None}), data=[str(data)], out=str(run), model=str(base), quiet=True)
     resumed = train(SFT.replace(**SMALL), data=[str(data)], out=str(run), model=str(base), quiet=True)
     assert [e["step"] for e in resumed] == [3, 4, 5]
     for a, b in zip(resumed, whole[2:]):
@@ -214,6 +224,16 @@ def test_kill_9_and_resume_continue_the_same_losses(tmp_path, base, data, traine
 
     again, first = load_file(str(run / "adapter" / WEIGHTS_NAME)), load_file(str(trained[0] / "adapter" / WEIGHTS_NAME))
     assert all(torch.allclose(again[k], first[k], atol=1e-6) for k in first)
+
+
+def _checkpoint_keys(folder) -> dict:
+    """The parameter names a DCP checkpoint holds: model weights, and those with optimizer moments."""
+    import torch.distributed.checkpoint as dcp
+
+    keys = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    model = {k.removeprefix("model.") for k in keys if k.startswith("model.")}
+    optim = {k.removeprefix("optim.state.").rsplit(".", 1)[0] for k in keys if k.startswith("optim.state.")}
+    return {"model": model, "optim": optim}
 
 
 def test_pretrain_stage1_trains_vision_adapters_from_a_random_init(tmp_path, data):

@@ -83,7 +83,7 @@ def train_dpo(recipe: Recipe, *, data: list[str], out: str, model: str | None = 
     scheduler = build_scheduler(optimizer, warmup=recipe.warmup, total=recipe.steps, min_ratio=recipe.min_lr_ratio)
 
     # --- resume -------------------------------------------------------------------------------------------------------
-    start = resume_latest(out, loss_fn, optimizer, scheduler, loader, say) if resume else 0
+    start = resume_latest(out, loss_fn, optimizer, scheduler, loader, say, base=source) if resume else 0
 
     # --- the loop -----------------------------------------------------------------------------------------------------
     log, writer = [], _tensorboard(out, world.is_main)
@@ -109,7 +109,7 @@ def train_dpo(recipe: Recipe, *, data: list[str], out: str, model: str | None = 
         say(f"step {step}/{recipe.steps}  loss {entry['loss']:.4f}  margin {entry['margin']:+.4f}  "
             f"accuracy {entry['accuracy']:.0%}  logp chosen {entry['chosen_logps']:.2f} rejected "
             f"{entry['rejected_logps']:.2f}  lr {entry['lr']:.2e}")
-        end_step(step, recipe, out, loss_fn, optimizer, scheduler, loader, world, die_after_step)
+        end_step(step, recipe, out, loss_fn, optimizer, scheduler, loader, world, die_after_step, base=source)
 
     # --- export -------------------------------------------------------------------------------------------------------
     finish(out, loss_fn, source, world, say, log_file, writer)

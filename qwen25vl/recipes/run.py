@@ -68,7 +68,7 @@ def train(recipe: Recipe, *, data: list[str], out: str, model: str | None = None
         f"skipped {dict(loader.skipped) or 0}")
 
     # --- resume ---------------------------------------------------------------------------------------------------
-    start = resume_latest(out, loss_fn, optimizer, scheduler, loader, say) if resume else 0
+    start = resume_latest(out, loss_fn, optimizer, scheduler, loader, say, base=source) if resume else 0
 
     # --- the loop ---------------------------------------------------------------------------------------------------
     log, writer = [], _tensorboard(out, world.is_main)
@@ -97,19 +97,21 @@ def train(recipe: Recipe, *, data: list[str], out: str, model: str | None = None
         say(f"step {step}/{recipe.steps}  loss {entry['loss']:.4f}  lr {entry['lr']:.2e}  "
             f"{entry['tokens_per_s']:.0f} tok/s  packing {entry['packing']:.0%}  {tflops:.3g} TFLOP/s"
             + (f"  MFU {entry['mfu']:.1%}" if peak_tflops else ""))
-        end_step(step, recipe, out, loss_fn, optimizer, scheduler, loader, world, die_after_step)
+        end_step(step, recipe, out, loss_fn, optimizer, scheduler, loader, world, die_after_step, base=source)
 
     # --- export ---------------------------------------------------------------------------------------------------
     finish(out, loss_fn, source, world, say, log_file, writer)
     return log
 
 
-def end_step(step, recipe, out: Path, loss_fn, optimizer, scheduler, loader, world, die_after_step) -> None:
-    """Save a checkpoint when the recipe says; `die_after_step` (tests) kills the process for real, no cleanup."""
+def end_step(step, recipe, out: Path, loss_fn, optimizer, scheduler, loader, world, die_after_step,
+             base=None) -> None:
+    """Save a checkpoint when the recipe says (a LoRA run's: the adapters and a reference to `base`, the folder of
+    its frozen weights); `die_after_step` (tests) kills the process for real, no cleanup."""
     if step % recipe.save_every == 0 or step == recipe.steps:
         trainer = {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "rng": ckpt.rng_state()}
         ckpt.save_checkpoint(out / "checkpoints", step, loss_fn, optimizer, trainer, keep=recipe.keep,
-                             is_main=world.is_main)
+                             is_main=world.is_main, base=base)
     if die_after_step == step:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -157,13 +159,13 @@ def _load_model(model: str | None, preset: str | None, out: Path, seed: int, is_
     return vlm, source
 
 
-def resume_latest(out: Path, loss_fn, optimizer, scheduler, loader, say) -> int:
+def resume_latest(out: Path, loss_fn, optimizer, scheduler, loader, say, base=None) -> int:
     """Restore the newest checkpoint under OUT/checkpoints (model, optimizer, schedule, data position, RNG); the
-    step it was taken after, or 0 when there is none."""
+    step it was taken after, or 0 when there is none. A LoRA run's checkpoint must name `base` as its base."""
     found = ckpt.list_checkpoints(out / "checkpoints")
     if not found:
         return 0
-    state = ckpt.load_checkpoint(found[-1], loss_fn, optimizer)
+    state = ckpt.load_checkpoint(found[-1], loss_fn, optimizer, base=base)
     scheduler.load_state_dict(state["scheduler"])
     loader.load_state_dict(state["loader"])
     ckpt.set_rng_state(state["rng"])
