@@ -38,6 +38,7 @@ def register(subparsers) -> None:
     plan.add_argument("--checkpoint-vision", action="store_true", default=None)
     plan.add_argument("--checkpoint-llm", action="store_true", default=None)
     plan.add_argument("--memory-gib", type=float, help="also print the largest pack that fits this memory per rank")
+    _lora_flags(plan)
     plan.set_defaults(func=cmd_plan)
 
 
@@ -61,14 +62,18 @@ def _common(p) -> None:
     p.add_argument("--checkpoint-llm", action="store_true", default=None, help="activation checkpointing, LLM")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --out")
     p.add_argument("--peak-tflops", type=float, help="the device's peak (bf16 dense) TFLOP/s, to log an MFU estimate")
+    _lora_flags(p)
+    p.add_argument("--die-after-step", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_train)
+
+
+def _lora_flags(p) -> None:
     p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank instead of the weights")
     p.add_argument("--lora-alpha", type=float, help="LoRA scale numerator: update x alpha / rank (default 2 x rank)")
     p.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input (0)")
     p.add_argument("--lora-targets", default="llm", metavar="A,B",
                    help="modules to adapt, comma-separated: presets llm, attn, mlp, merger, vision; names such as "
                         "q_proj; globs over module paths such as 'model.layers.*.mlp.*' (default llm)")
-    p.add_argument("--die-after-step", type=int, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_train)
 
 
 def _clip(p) -> None:
@@ -194,11 +199,12 @@ def cmd_plan(args) -> int:
         raise ConfigError("give exactly one of --model FOLDER or --preset NAME")
     config = Qwen25VLConfig.from_pretrained(args.model) if args.model else Qwen25VLConfig.preset(args.preset)
     recipe = (PRETRAIN[args.stage] if args.stage else SFT).replace(
-        checkpoint_vision=args.checkpoint_vision, checkpoint_llm=args.checkpoint_llm)
+        checkpoint_vision=args.checkpoint_vision, checkpoint_llm=args.checkpoint_llm, lora=_lora_of(args))
     dtype = getattr(torch, args.dtype)
-    costs = activation_costs(config, recipe.train, dtype=dtype)
+    costs = activation_costs(config, recipe.train, dtype=dtype, lora=recipe.lora)
     options = dict(vision_share=args.vision_share, world_size=args.world_size, dtype=dtype, costs=costs)
-    print(f"{recipe.name}, world size {args.world_size}, {args.dtype}")
+    adapters = "" if recipe.lora is None else f", LoRA rank {recipe.lora.rank} on {','.join(recipe.lora.targets)}"
+    print(f"{recipe.name}{adapters}, world size {args.world_size}, {args.dtype}")
     print(plan_memory(config, recipe, tokens=args.tokens, **options).table())
     if args.memory_gib:
         tokens = largest_pack(config, recipe, int(args.memory_gib * 2**30), **options)

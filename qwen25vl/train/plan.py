@@ -6,6 +6,12 @@
     optimizer    trainable x 8 / world          (AdamW's two fp32 moments)
     activations  per token (LLM layers) and per patch (ViT blocks), measured on a one-layer probe of the real widths
     loss         chunk x vocab x 4 x 2 (logits, logsumexp's temporary) + the head's fp32 gradient (vocab x hidden x 4)
+                 when the head trains
+
+A LoRA recipe (`recipe.lora`): the parameters are the frozen base plus the adapters; only the adapters are trainable,
+so gradients and optimizer state are the adapters' alone, the (frozen, tied) head has no gradient, and the probes
+carry the same adapters, so the activations are what the adapted layers keep (their inputs, for the adapters'
+weight gradients, and what the frozen layers need to pass gradients down).
 
 Activations are measured, not derived: a probe with one decoder layer (and one ViT block) at the config's widths runs
 a packed forward on `probe_tokens` tokens under `saved_tensors_hooks`, which sees every tensor autograd keeps for
@@ -77,16 +83,50 @@ def _built(make, trainable: bool, dtype):
     return module
 
 
-def activation_costs(config, train: dict, *, probe_tokens: int = 256, dtype=torch.float32) -> dict:
+def _adapted(module, path: str, lora):
+    """`module` with the LoRA spec's adapters where its targets name its layers, read as if it sat at `path` in the
+    model (every base parameter then frozen); `module` unchanged without a spec."""
+    from torch import nn
+
+    from qwen25vl.errors import ConfigError
+    from qwen25vl.train.lora import add_lora, select_targets
+
+    if lora is None:
+        return module
+    holder = node = nn.Module()
+    *parents, name = path.split(".")
+    for part in parents:
+        node.add_module(part, nn.Module())
+        node = getattr(node, part)
+    node.add_module(name, module)
+    hits = []
+    for target in lora.targets:  # a target may name layers elsewhere in the model, none of this probe's
+        try:
+            hits += select_targets(holder, [target])
+        except ConfigError:
+            pass
+    if hits:
+        add_lora(holder, dataclasses.replace(lora, targets=tuple(hits)))
+    else:
+        module.requires_grad_(False)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:  # B = 0 at init; a trained adapter's values (only memory is measured)
+                p.normal_(std=0.02)
+    return holder.get_submodule(path)
+
+
+def activation_costs(config, train: dict, *, probe_tokens: int = 256, dtype=torch.float32, lora=None) -> dict:
     """Bytes autograd keeps per token of one decoder layer, per patch of one ViT block and per patch of the tower's
-    fixed part (patch embedding, merger), measured on probes of the real widths."""
+    fixed part (patch embedding, merger), measured on probes of the real widths (with `lora`'s adapters)."""
     from qwen25vl.model.attention import VarlenPlan
     from qwen25vl.model.text import AttnSpec, DecoderLayer, mrope_cos_sin
     from qwen25vl.model.vision import VisionTransformer
 
     tc, vc = config.text, config.vision
-    upstream = train.get("vision", True) or train.get("merger", True)
-    layer = _built(lambda: DecoderLayer(tc), train.get("llm", True), dtype)
+    # under LoRA every layer but the first gets its input from adapted layers below it
+    upstream = lora is not None or train.get("vision", True) or train.get("merger", True)
+    layer = _adapted(_built(lambda: DecoderLayer(tc), train.get("llm", True), dtype), "model.layers.0", lora)
     hidden = torch.randn(1, probe_tokens, tc.hidden_size, dtype=dtype, requires_grad=upstream)
     positions = torch.arange(probe_tokens).expand(3, 1, -1)
     cos, sin = mrope_cos_sin(positions, tc.head_dim, tc.rope_theta, tc.mrope_section, dtype)
@@ -100,6 +140,7 @@ def activation_costs(config, train: dict, *, probe_tokens: int = 256, dtype=torc
         cfg = dataclasses.replace(vc, depth=depth, fullatt_block_indexes=())
         visual = _built(lambda: VisionTransformer(cfg), train.get("vision", True), dtype)
         visual.merger.requires_grad_(bool(train.get("merger", True)))
+        visual = _adapted(visual, "visual", lora)
         tower.append(saved_bytes(lambda: visual(pixels, grid), list(visual.parameters())) / (side * side))
     return {"llm_per_token": per_token, "vision_per_patch": tower[1] - tower[0],
             "vision_fixed_per_patch": 2 * tower[0] - tower[1],
@@ -110,20 +151,29 @@ def _size(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def parameter_counts(config, train: dict) -> dict:
-    """(total, trainable, largest FSDP unit) parameter counts, built on the meta device."""
+def parameter_counts(config, train: dict, lora=None) -> dict:
+    """(total, trainable, largest FSDP unit) parameter counts, built on the meta device; with `lora`, the base plus
+    its adapters, of which only the adapters train. `vision_trainable`: trainable in the ViT blocks and patch
+    embedding; `head_trains`: whether the (tied) head gets a gradient."""
     from qwen25vl.model.vlm import Qwen25VL
+    from qwen25vl.train.lora import add_lora
 
     with torch.device("meta"):
         model = Qwen25VL(config)
-    total = trainable = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(bool(train.get(module_of(name), True)))
+    if lora is not None:
+        add_lora(model, lora)
+    total = trainable = vision = 0
     for name, p in model.named_parameters():
         total += p.numel()
-        if train.get(module_of(name), True):
+        if p.requires_grad:
             trainable += p.numel()
+            vision += p.numel() if module_of(name) == "vision" else 0
     units = [sum(p.numel() for p in m.parameters()) for m in (*model.visual.blocks, *model.model.layers)]
     root = total - sum(units)
-    return {"total": total, "trainable": trainable, "largest_unit": max(units + [root]), "root": root}
+    return {"total": total, "trainable": trainable, "largest_unit": max(units + [root]), "root": root,
+            "vision_trainable": vision, "head_trains": model.lm_head.weight.requires_grad}
 
 
 def plan_memory(config, recipe, *, tokens: int | None = None, vision_share: float = 0.5, world_size: int = 1,
@@ -131,8 +181,8 @@ def plan_memory(config, recipe, *, tokens: int | None = None, vision_share: floa
     """Per-rank bytes of one micro-batch (a pack of `tokens`, `vision_share` of them image tokens)."""
     tokens = tokens or recipe.budget
     patches = int(tokens * vision_share) * config.vision.spatial_merge_size ** 2
-    costs = costs or activation_costs(config, recipe.train, dtype=dtype)
-    counts = counts or parameter_counts(config, recipe.train)
+    costs = costs or activation_costs(config, recipe.train, dtype=dtype, lora=recipe.lora)
+    counts = counts or parameter_counts(config, recipe.train, recipe.lora)
     width = _size(dtype)
     params = counts["total"] * width // world_size
     gathered = 2 * counts["largest_unit"] * width if world_size > 1 else 0
@@ -144,7 +194,7 @@ def plan_memory(config, recipe, *, tokens: int | None = None, vision_share: floa
     else:
         llm = layers * tokens * costs["llm_per_token"]
     vision = 0.0
-    if recipe.train.get("vision", True) and patches:
+    if counts["vision_trainable"] and patches:
         if recipe.checkpoint_vision:
             vision = depth * patches * costs["vision_hidden_bytes"] + patches * costs["vision_per_patch"]
         else:
@@ -153,14 +203,15 @@ def plan_memory(config, recipe, *, tokens: int | None = None, vision_share: floa
     vocab, hidden = config.text.vocab_size, config.text.hidden_size
     supervised = min(tokens, DEFAULT_CHUNK)
     # one chunk's logits and logsumexp's temporary of the same size; the head's fp32 gradient; the hidden gradient
-    loss = 2 * supervised * vocab * 4 + vocab * hidden * 4 + tokens * hidden * width
+    loss = 2 * supervised * vocab * 4 + vocab * hidden * 4 * counts["head_trains"] + tokens * hidden * width
     return MemoryPlan(params, gathered, grads, optim, int(llm + vision), loss, tokens, patches)
 
 
 def largest_pack(config, recipe, memory_bytes: int, **kwargs) -> int:
     """The largest pack (tokens, a multiple of 256) whose plan fits `memory_bytes`; 0 if none does."""
-    costs = kwargs.pop("costs", None) or activation_costs(config, recipe.train, dtype=kwargs.get("dtype", torch.float32))
-    counts = kwargs.pop("counts", None) or parameter_counts(config, recipe.train)
+    dtype = kwargs.get("dtype", torch.float32)
+    costs = kwargs.pop("costs", None) or activation_costs(config, recipe.train, dtype=dtype, lora=recipe.lora)
+    counts = kwargs.pop("counts", None) or parameter_counts(config, recipe.train, recipe.lora)
     lo, hi = 0, 1 << 22
     while hi - lo > 256:
         mid = (lo + hi) // 2 // 256 * 256
