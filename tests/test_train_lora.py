@@ -226,6 +226,24 @@ def test_kill_9_and_resume_continue_the_same_losses(tmp_path, base, data, traine
     assert all(torch.allclose(again[k], first[k], atol=1e-6) for k in first)
 
 
+def test_base_fingerprint_equal_for_a_copy_and_changed_by_the_weights_or_the_config(tmp_path, base):
+    import shutil
+
+    from qwen25vl.train.checkpoint import base_fingerprint
+
+    copy = shutil.copytree(base, tmp_path / "copy")
+    assert base_fingerprint(copy) == base_fingerprint(base)
+    weights = copy / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # the last weight's last byte
+    assert base_fingerprint(copy)["files"] != base_fingerprint(base)["files"]
+    weights.write_bytes(original)
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("\n", "\n ", 1))
+    assert base_fingerprint(copy)["config"] != base_fingerprint(base)["config"]
+    with pytest.raises(CheckpointError, match="no config.json"):
+        base_fingerprint(tmp_path / "nothing")
+
+
 def _checkpoint_keys(folder) -> dict:
     """The parameter names a DCP checkpoint holds: model weights, and those with optimizer moments."""
     import torch.distributed.checkpoint as dcp

@@ -151,6 +151,8 @@ def load_checkpoint(path: str | Path, model, optimizer, *, base: str | Path | No
     if not (path / "trainer.pt").is_file():
         raise CheckpointError(f"{path} is not a complete training checkpoint (no trainer.pt)")
     adapter_only = _adapter_only(model)
+    if adapter_only and base is None:
+        raise CheckpointError("a LoRA model resumes its adapters only and must name its base folder (base=)")
     check_base(path, base if adapter_only else None)
     state = _state(model, optimizer, adapter_only)
     with _single_process_quiet():
