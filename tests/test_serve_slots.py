@@ -233,3 +233,40 @@ def test_the_same_image_in_later_requests_skips_the_tower(vlm, monkeypatch):
     again = [GenRequest(inputs=dict(vlm.processor(_conv(i))), params=params) for i in (0, 2, 6)]  # images 0, 2, 0
     _serve(scheduler, again[:1], again[1:])
     assert len(calls) == 4 and scheduler.vision_cache.hits == 1  # image 0 once, image 2 once, image 0 again: hit
+
+
+def test_a_request_failing_after_the_batched_prefill_fails_alone(vlm):
+    params = vlm.defaults.updated(temperature=0, max_new_tokens=5)
+    good, bad = (GenRequest(inputs=dict(vlm.processor(_conv(i))), params=params) for i in (1, 5))
+    scheduler = Scheduler(vlm.model, vlm.tokenizer)
+    real = scheduler.sampler.sample
+
+    def sample(rows, logits):
+        if rows[0].request is bad:
+            raise RuntimeError("sampling broke")
+        return real(rows, logits)
+
+    scheduler.sampler.sample = sample
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for r in (good, bad):
+            r.loop, r.queue = loop, asyncio.Queue()
+            scheduler.submit(r)  # both wait before the worker starts: one batched prefill
+        scheduler.start()
+        return [await events(r) for r in (good, bad)]
+
+    async def events(r):
+        out = []
+        while not out or out[-1].kind not in ("end", "error"):
+            out.append(await asyncio.wait_for(r.queue.get(), timeout=30))
+        return out
+
+    try:
+        got_good, got_bad = asyncio.run(main())
+    finally:
+        scheduler.stop()
+    assert [e.kind for e in got_bad] == ["error"] and "sampling broke" in got_bad[0].text
+    assert "".join(e.text for e in got_good if e.kind == "delta") == vlm.chat(_conv(1), temperature=0,
+                                                                             max_new_tokens=5)
+    assert sum(e.kind == "end" for e in got_good) == 1 and scheduler.prefill_calls == 1

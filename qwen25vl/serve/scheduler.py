@@ -262,9 +262,14 @@ class Scheduler:
         slots = self._open_rows(len(pairs), width + max(r.params.max_new_tokens for r, _ in pairs))
         self._rows += [None] * len(pairs)  # placeholders: a failure below removes these rows
         out = self._forward(batch, self._cache.rows_view(slots), *_joined(pairs))
+        failed = set()
         for i, (request, _) in enumerate(pairs):
-            self._join(request, slots.start + i, out.logits[i, -1])
-        self._keep_unfinished()
+            try:  # from here on others may have had tokens: fail this request alone, never retry the batch
+                self._join(request, slots.start + i, out.logits[i, -1])
+            except Exception as err:
+                failed.add(request.id)
+                _fail_for(request, err)
+        self._keep_unfinished(failed)
 
     def _start_chunked(self, pairs: list) -> None:
         (request, (image_embeds, video_embeds)), = pairs
@@ -379,8 +384,10 @@ class Scheduler:
         if keep:
             self._keep_unfinished()
 
-    def _keep_unfinished(self) -> None:
-        self._keep([i for i, r in enumerate(self._rows) if r.finish_reason is None])
+    def _keep_unfinished(self, failed: frozenset | set = frozenset()) -> None:
+        """Free the rows that finished (and those of `failed` request ids, or never joined)."""
+        self._keep([i for i, r in enumerate(self._rows)
+                    if r is not None and r.finish_reason is None and r.request.id not in failed])
 
 
 def _joined(pairs: list) -> tuple:
