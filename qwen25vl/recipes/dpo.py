@@ -156,6 +156,10 @@ def reference_logps(loss_fn, loader: PairLoader, device) -> torch.Tensor:
             table[pairs.index] = logps
     if world > 1 and dist.is_initialized():
         dist.all_reduce(table)
+    if hasattr(loss_fn, "reshard"):
+        # FSDP2 keeps the root's parameters gathered after a forward with no backward: an optimizer built now would
+        # hold those, not the shards that state dicts name (saving a checkpoint then fails with a KeyError)
+        loss_fn.reshard()
     return table.float()
 
 
