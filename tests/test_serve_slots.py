@@ -270,3 +270,16 @@ def test_a_request_failing_after_the_batched_prefill_fails_alone(vlm):
     assert "".join(e.text for e in got_good if e.kind == "delta") == vlm.chat(_conv(1), temperature=0,
                                                                              max_new_tokens=5)
     assert sum(e.kind == "end" for e in got_good) == 1 and scheduler.prefill_calls == 1
+
+
+def test_rows_of_a_chunked_request_are_reserved_until_it_joins(vlm):
+    params = vlm.defaults.updated(temperature=0, max_new_tokens=4)
+    long = GenRequest(inputs=dict(vlm.processor(_conv(3))), params=params, n=2)
+    short = GenRequest(inputs=dict(vlm.processor(_conv(1))), params=params.updated(max_new_tokens=20), n=2)
+    # short arrives while long's chunks go in and still runs when long joins: 1 + 2 rows would fit, but long's
+    # second choice needs the third
+    scheduler = Scheduler(vlm.model, vlm.tokenizer, max_batch=3, prefill_chunk=short.prompt_len)
+    assert long.prompt_len > 2 * short.prompt_len
+    texts = _serve(scheduler, [long], [short])
+    assert texts == [[vlm.chat(_conv(i), temperature=0, max_new_tokens=n)] * 2 for i, n in ((3, 4), (1, 20))]
+    assert scheduler.max_rows_seen <= 3

@@ -193,7 +193,9 @@ class Scheduler:
         self._rows = [self._rows[i] for i in order]  # the cache moved rows: the list follows
 
     def _take_admissible(self) -> list[GenRequest]:
-        taken, rows, tokens = [], len(self._rows), 0
+        # a request still in chunked prefill holds one row now and its other n - 1 choices once it joins
+        reserved = sum(r.request.n - 1 for r in self._rows if r.prefill is not None)
+        taken, rows, tokens = [], len(self._rows) + reserved, 0
         with self._cond:
             while self._waiting:
                 request = self._waiting[0]
