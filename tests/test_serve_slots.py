@@ -283,3 +283,12 @@ def test_rows_of_a_chunked_request_are_reserved_until_it_joins(vlm):
     texts = _serve(scheduler, [long], [short])
     assert texts == [[vlm.chat(_conv(i), temperature=0, max_new_tokens=n)] * 2 for i, n in ((3, 4), (1, 20))]
     assert scheduler.max_rows_seen <= 3
+
+
+def test_a_request_longer_than_the_slots_grows_them_once_and_outputs_stay_equal(vlm):
+    params = vlm.defaults.updated(temperature=0, max_new_tokens=6)
+    requests = [GenRequest(inputs=dict(vlm.processor(_conv(i))), params=params) for i in (1, 3)]
+    scheduler = Scheduler(vlm.model, vlm.tokenizer, slot_tokens=requests[0].prompt_len + 6)
+    texts = _serve(scheduler, requests[:1], requests[1:])  # the second (longer) arrives while the first decodes
+    assert texts == [[vlm.chat(_conv(i), temperature=0, max_new_tokens=6)] for i in (1, 3)]
+    assert scheduler.cache_copies == 1 and scheduler._cache.max_len >= requests[1].prompt_len + 6
