@@ -122,7 +122,10 @@ class Qwen25VL(nn.Module):
         hidden = self.model(embeds, position_ids, spec, keep=logits_to_keep)
         if cache is not None:
             cache.advance(steps, valid)
-        return ModelOutput(self.lm_head(hidden), position_ids, rope_deltas)
+        logits = self.lm_head(hidden)
+        if valid is not None:  # pads' logits are zeros on every path (the unpadded one computes nothing for them)
+            logits = logits.masked_fill(~valid[:, -logits.shape[1]:, None], 0.0)
+        return ModelOutput(logits, position_ids, rope_deltas)
 
     def _unpadded(self, embeds, position_ids, rope_deltas, valid) -> ModelOutput:
         """A padded batch without a cache (training, scoring) run as one packed row: each row's real tokens attend to
