@@ -175,8 +175,9 @@ def main() -> int:
         "sampling, no detokenizing: prefill each prompt, then greedy argmax steps; \"all batched\" decodes the 32 "
         f"rows together). Served one by one reaches {loop_seq / base:.0%} of the one-by-one loop; at concurrency 32 "
         f"the server reaches {loop_batch / c32:.0%} of the batched loop. Prompts cost about as much as the "
-        "generated tokens here (~40 prompt tokens per 32 generated), and prefills are not batched, so the batched "
-        "gain is bounded well below 32x on this CPU.",
+        "generated tokens here (~40 prompt tokens per 32 generated); prefills of requests that arrive together are "
+        "batched, but each prompt's tokens still cost their FLOPs, so the batched gain is bounded well below 32x "
+        "on this CPU.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
