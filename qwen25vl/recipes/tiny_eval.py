@@ -222,6 +222,8 @@ def model_card(folder: Path, run: Path) -> str:
     vision = [e for e in log if e["stage"] == "vision"][-1]
     times = json.loads((run / "times.json").read_text())
     scores = json.loads((folder / "scores.json").read_text()) if (folder / "scores.json").is_file() else None
+    manifest = json.loads((run / "data" / "grounding" / "manifest.json").read_text())
+    opts, splits = manifest["options"], manifest["splits"]
     v, size = config["vision_config"], (folder / "model.safetensors").stat().st_size
     gap_line = ", ".join(f"step {e['step']}: {e['shuffled_gap']:+.3f}" for e in gaps[:: max(1, len(gaps) // 6)])
     parts = [
@@ -240,9 +242,12 @@ def model_card(folder: Path, run: Path) -> str:
         "on the train split's text: digits single tokens, Qwen special tokens at 512..533, official chat template).",
         "",
         "## Data and recipe",
-        "- `python -m qwen25vl.data.synth grounding --size 224 --set max_objects=4 --train 6000 --heldout 300 "
-        "--seed 0`: 16 shapes x 12 colours, 1-4 objects, one question per image cycling detect / refer / point / "
-        "count / absent. Held-out seeds lie in a disjoint range; `make demo` uses a third.",
+        f"- `python -m qwen25vl.data.synth grounding --size {opts['size']} --set max_objects={opts['max_objects']} "
+        f"--set count_query={opts.get('count_query', 'any')} --train {splits['train']['records']} --heldout "
+        f"{splits['heldout']['records']} --seed {manifest['seed']}`: 16 shapes x 12 colours, 1-{opts['max_objects']} "
+        "objects, one question per image cycling detect / refer / point / count / absent (count questions name "
+        f"{'the most frequent' if opts.get('count_query') == 'most' else 'any present'} category). Held-out seeds "
+        "lie in a disjoint range; `make demo` uses a third.",
         "- Vision-only stage: ViT + merger with a throwaway linear head on every merged 28 px cell (class, colour, "
         f"box-edge offsets, absolute row and column). At its end: cell class {vision['kind_acc']:.1%}, row "
         f"{vision['row_acc']:.1%}, column {vision['col_acc']:.1%}, box-edge error "
@@ -254,7 +259,8 @@ def model_card(folder: Path, run: Path) -> str:
         f"ones): {gap_line}; final {gaps[-1]['shuffled_gap']:+.3f} nats (right {gaps[-1]['heldout_ce']:.3f}, "
         f"shuffled {gaps[-1]['shuffled_ce']:.3f}).",
         f"- Time on one thread of the shared 2-core CPU: data + tokenizer {times.get('data_and_tokenizer_s', 0):.0f} "
-        f"s, vision stage {times['vision_s'] / 60:.1f} min, joint stage {times['joint_s'] / 60:.1f} min.",
+        f"s, vision stage {times['vision_s'] / 60:.1f} min, joint stage {times['joint_s'] / 60:.1f} min"
+        + (f", held-out scoring {times['heldout_eval_s']:.0f} s." if "heldout_eval_s" in times else "."),
     ]
     if scores:
         parts += ["", "## Held-out scores", "",
