@@ -67,3 +67,17 @@ def test_ours_and_transformers_agree_greedily_on_five_held_out_prompts():
         mine = [t for t in mine if t not in stops]
         assert len(mine) > 3
         assert mine == theirs, (ours.tokenizer.decode(mine), ours.tokenizer.decode(theirs))
+
+
+def test_shipped_model_looks_at_the_image_on_located_tasks(tmp_path):
+    from qwen25vl.data.synth import write_dataset
+    from qwen25vl.recipes.tiny import DATA_OPTIONS
+    from qwen25vl.recipes.tiny_eval import task_gaps
+
+    # the first 150 held-out scenes of the shipped model's data (same seed range and options)
+    write_dataset("grounding", tmp_path, train=0, heldout=150, seed=0, progress=False, **DATA_OPTIONS)
+    gaps = task_gaps(ASSET, tmp_path)
+    assert set(gaps) == {"detect", "refer", "point", "count", "absent"}
+    for task in ("detect", "refer", "count"):
+        right, wrong = gaps[task]
+        assert wrong - right > 0.05, (task, right, wrong)  # measured on all 600: +0.26 to +0.28
