@@ -93,8 +93,8 @@ def load(path: str | Path | None = None, device=None, dtype=None, *, threads: in
     folder saved from such a model loads quantised whatever the dtype). threads: torch's CPU thread
     count, set for the process on CPU: N as given, "auto" as `qwen25vl.runtime.auto_threads` chooses (1 for a tiny
     model, else the cores idle at load), None keeps torch's current count. Why auto: with another process on the
-    second of 2 cores, a tiny model's 100 greedy tokens took 13.4 s on 2 threads and 0.8-1.1 s on 1. compile: torch.compile the decode step (pays on
-    GPU; a cold compile costs seconds on CPU). decode_layout: store wide LLM weights transposed for faster CPU
+    second of 2 cores, a tiny model's 100 greedy tokens took 13.4 s on 2 threads and 0.8-1.1 s on 1. compile:
+    torch.compile the decode step (pays on GPU; a cold compile costs seconds on CPU). decode_layout: store wide LLM weights transposed for faster CPU
     decoding (`generation/layout.py`); default on for CPU, except bf16 weights on a CPU without native bf16 (there
     torch's bf16 product with the transposed layout ran 10x slower: 0.9 against 9.8 GB/s, AMD EPYC with AVX2, 4864 x
     896, 1 thread; benchmarks/results/quant.md). vision_cache_bytes: LRU budget of image/video features

@@ -11,7 +11,8 @@ from qwen25vl.errors import InputError
 
 def register_pipeline(sub) -> None:
     run = sub.add_parser("run", help="run a filtering / scoring pipeline over records (resumable)")
-    run.add_argument("pipeline", help="pipeline file (.yaml or .json: operators with their settings) or a preset name (rules)")
+    run.add_argument("pipeline", help="pipeline file (.yaml or .json: operators with their settings) or a preset "
+                     "name (rules)")
     run.add_argument("--in", dest="inputs", nargs="+", required=True, help="input .jsonl files or folders")
     run.add_argument("--out", required=True, help="output folder (kept.jsonl, summary.json, resumable work/)")
     run.add_argument("--ray", action="store_true", help="run on Ray Data (RAY_ADDRESS joins a cluster)")
