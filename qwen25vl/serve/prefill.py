@@ -81,3 +81,12 @@ def chunk_inputs(inputs: dict, a: int, b: int, *, start_id: int, end_id: int, im
         if kind == "video" and inputs.get("second_per_grid_ts") is not None:
             out["second_per_grid_ts"] = inputs["second_per_grid_ts"][lo:hi]
     return out
+
+
+def joined_features(pairs: list) -> tuple:
+    """The image and video features of several requests, concatenated in row order (None where none has any)."""
+    out = []
+    for slot in (0, 1):
+        parts = [embeds[slot] for _, embeds in pairs if embeds[slot] is not None]
+        out.append(torch.cat(parts) if parts else None)
+    return tuple(out)

@@ -31,7 +31,7 @@ import torch
 from qwen25vl.errors import InputError, Qwen25VLError
 from qwen25vl.generation.vision_cache import VisionCache, encode_items
 from qwen25vl.model.kv_cache import KVCache
-from qwen25vl.serve.prefill import can_batch, chunk_bounds, chunk_inputs, padded_batch
+from qwen25vl.serve.prefill import can_batch, chunk_bounds, chunk_inputs, joined_features, padded_batch
 from qwen25vl.serve.row_sampling import RowSampler
 from qwen25vl.serve.rows import Event, GenRequest, Row, emit_all
 
@@ -263,7 +263,7 @@ class Scheduler:
         width = batch["input_ids"].shape[1]
         slots = self._open_rows(len(pairs), width + max(r.params.max_new_tokens for r, _ in pairs))
         self._rows += [None] * len(pairs)  # placeholders: a failure below removes these rows
-        out = self._forward(batch, self._cache.rows_view(slots), *_joined(pairs))
+        out = self._forward(batch, self._cache.rows_view(slots), *joined_features(pairs))
         failed = set()
         for i, (request, _) in enumerate(pairs):
             try:  # from here on others may have had tokens: fail this request alone, never retry the batch
@@ -391,11 +391,3 @@ class Scheduler:
         self._keep([i for i, r in enumerate(self._rows)
                     if r is not None and r.finish_reason is None and r.request.id not in failed])
 
-
-def _joined(pairs: list) -> tuple:
-    """The image and video features of several requests, concatenated in row order (None where none has any)."""
-    out = []
-    for slot in (0, 1):
-        parts = [embeds[slot] for _, embeds in pairs if embeds[slot] is not None]
-        out.append(torch.cat(parts) if parts else None)
-    return tuple(out)
