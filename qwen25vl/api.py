@@ -20,7 +20,7 @@ import torch
 from qwen25vl.errors import CheckpointError, InputError
 from qwen25vl.generation.paths import EMBEDDED_MODEL_DIR, NO_EMBEDDED_MODEL, model_path  # noqa: F401 (re-exported)
 from qwen25vl.generation.generate import Completion, Delta, generate_batch, stream_batch
-from qwen25vl.generation.layout import use_decode_layout
+from qwen25vl.generation.layout import use_decode_layout, use_native_bf16
 from qwen25vl.generation.sampling import SamplingParams
 from qwen25vl.generation.vision_cache import VisionCache
 
@@ -97,7 +97,8 @@ def load(path: str | Path | None = None, device=None, dtype=None, *, threads: in
     torch.compile the decode step (pays on GPU; a cold compile costs seconds on CPU). decode_layout: store wide LLM weights transposed for faster CPU
     decoding (`generation/layout.py`); default on for CPU, except bf16 weights on a CPU without native bf16 (there
     torch's bf16 product with the transposed layout ran 10x slower: 0.9 against 9.8 GB/s, AMD EPYC with AVX2, 4864 x
-    896, 1 thread; benchmarks/results/quant.md). vision_cache_bytes: LRU budget of image/video features
+    896, 1 thread; benchmarks/results/quant.md). bf16 weights on CPU run their decode products on the AVX2 bf16
+    mat-vec where it builds (`layout.use_native_bf16`; not when decode_layout is given). vision_cache_bytes: LRU budget of image/video features
     reused across calls (0 = off).
     """
     from qwen25vl.config import Qwen25VLConfig
@@ -123,7 +124,13 @@ def load(path: str | Path | None = None, device=None, dtype=None, *, threads: in
         load_adapter(model, adapter)
         model.eval()
     reason = _set_threads(model, threads) if device.type == "cpu" else None
-    if decode_layout is None:
+    # bf16 weights on CPU: the native mat-vec where it builds (streams at fp32's per-core rate; torch's bf16
+    # product ran 1.2x slower with the usual layout and 2.3x slower with the decode layout, AMD EPYC with AVX512-BF16)
+    native_bf16 = (decode_layout is None and device.type == "cpu" and dtype == torch.bfloat16
+                   and use_native_bf16(model) > 0)
+    if decode_layout is None and native_bf16:
+        decode_layout = False
+    elif decode_layout is None:
         decode_layout = device.type == "cpu" and (dtype != torch.bfloat16 or cpu_has_bf16())
     if decode_layout:
         use_decode_layout(model)

@@ -45,6 +45,8 @@ def test_dequantised_path_equals_the_float_product_of_the_dequantised_weight():
 
 @pytest.mark.skipif(not HAS_PACK, reason="this torch has no _weight_int8pack_mm")
 def test_few_rows_take_the_packed_kernel_and_agree_with_dequantised(monkeypatch):
+    """Without the native kernel (tests/test_native.py covers it), few rows go to torch's packed int8 kernel."""
+    monkeypatch.setattr(quant.native, "matvec", lambda: None)
     lin, q8 = _pair(bias=False)
     calls = []
     real = torch._weight_int8pack_mm
@@ -146,9 +148,11 @@ def test_load_int8_through_the_api_and_the_runtime_flag(tmp_path, one_thread):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_keeps_the_decode_layout_only_where_the_cpu_computes_bf16(tmp_path, monkeypatch, native, one_thread):
+    """Without the native mat-vec (tests/test_native.py: with it, bf16 takes that), bf16 decides by the CPU."""
     from qwen25vl import api
     from qwen25vl.generation.layout import RowSplitLinear
 
+    monkeypatch.setattr(quant.native, "matvec", lambda: None)
     monkeypatch.setattr(api, "cpu_has_bf16", lambda: native)
     bf16 = qwen25vl.load(_tiny(tmp_path), dtype="bfloat16", threads=None)
     assert isinstance(bf16.model.model.layers[0].mlp.up_proj, RowSplitLinear) == native

@@ -18,6 +18,10 @@ A split costs a hand-off between threads (a few microseconds at rest, hundreds w
 core: a tiny model's 2-thread `bmm` went from 1.8 us to 335 us per call on a busy machine, 34 s instead of 0.4 s for
 419 tokens). So only weights of at least `SPLIT_MIN_BYTES` (about 50 us of streaming) are split: a tiny model never
 is, a 0.5B model's every projection is.
+
+bf16 weights on a CPU without native bf16 take neither: torch's bf16 products stream 8-10 GB/s there, so
+`use_native_bf16` swaps in `Bf16MatvecLinear`, whose few-row products run the AVX2 kernel of `model/native.py`
+(each weight widened to fp32 exactly, fp32 sums, the result rounded to the activation dtype).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qwen25vl.model import native
+
+_NATIVE_MAX_ROWS = 16  # decode batches; above this a GEMM is compute-bound and torch's own is the better one
 _SPLIT_MAX_ROWS = 8  # decode batches; above this the plain GEMM already uses every core
 SPLIT_MIN_BYTES = 1 << 20  # smaller weights stream in microseconds: a thread hand-off would cost more than it saves
 
@@ -59,9 +66,59 @@ def largest_decode_matrix_bytes(model: nn.Module) -> int:
     return max(w.numel() * w.element_size() for w in weights)
 
 
+class Bf16MatvecLinear(nn.Linear):
+    """nn.Linear with bf16 weights whose few-row products run the native bf16 mat-vec (same weight, same keys)."""
+
+    _bias32: tuple | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // max(x.shape[-1], 1)
+        fns = None
+        if (rows <= _NATIVE_MAX_ROWS and x.device.type == "cpu" and self.weight.dtype == torch.bfloat16
+                and self.weight.is_contiguous() and x.dtype.is_floating_point
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            fns = native.matvec()
+        if fns is None:
+            return F.linear(x, self.weight, self.bias)
+        y = native.linear(x.reshape(rows, self.in_features).to(torch.float32), self.weight, None, self._bias(), fns)
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+    def _bias(self) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        key = (self.bias.data_ptr(), self.bias._version)
+        if self._bias32 is None or self._bias32[0] != key:
+            self._bias32 = (key, self.bias.detach().float().contiguous())
+        return self._bias32[1]
+
+
+@torch.no_grad()
+def use_native_bf16(model: nn.Module) -> int:
+    """Swap the language model's bf16 Linear layers (and lm_head) for `Bf16MatvecLinear`, sharing their Parameters;
+    returns how many changed (0 where the native kernel is unavailable: `native.why_not()` says why)."""
+    if native.matvec() is None:
+        return 0
+    owners = [(module, name) for layer in model.model.layers for module in layer.modules()
+              for name, child in module.named_children() if type(child) is nn.Linear]
+    owners.append((model, "lm_head"))
+    changed = 0
+    for owner, name in owners:
+        module = getattr(owner, name)
+        if (type(module) is nn.Linear and module.weight.dtype == torch.bfloat16 and module.weight.device.type == "cpu"
+                and module.weight.is_contiguous()):
+            setattr(owner, name, _same_parameters(module, Bf16MatvecLinear))
+            changed += 1
+    return changed
+
+
 def _as_row_split(module: nn.Linear) -> RowSplitLinear:
     """The same Parameter(s) in a RowSplitLinear (tying and state_dict keys are kept: the attribute names are)."""
-    new = RowSplitLinear.__new__(RowSplitLinear)
+    return _same_parameters(module, RowSplitLinear)
+
+
+def _same_parameters(module: nn.Linear, cls: type) -> nn.Linear:
+    """The same Parameter(s) in an instance of `cls`, an nn.Linear subclass."""
+    new = cls.__new__(cls)
     nn.Module.__init__(new)
     new.in_features, new.out_features = module.in_features, module.out_features
     new.weight = module.weight
