@@ -112,3 +112,65 @@ def test_ci_sized_run_loss_falls_and_logs_the_shuffled_gap(small_run, tmp_path):
     folder = export(vlm, base, tmp_path / "model")  # a plain folder: the heads do not ship
     again = Qwen25VL.from_pretrained(folder)
     assert set(again.state_dict()) == set(vlm.state_dict())
+
+
+def test_presence_mix_asks_a_present_and_an_absent_category_on_each_image(tmp_path):
+    from qwen25vl.data.synth import write_dataset
+    from qwen25vl.errors import InputError
+    from qwen25vl.recipes.tiny import read_split
+
+    write_dataset("grounding", tmp_path, train=6, seed=2, progress=False, size=112, max_objects=3, mix="presence")
+    records, metas = read_split(tmp_path, "train")
+    assert len(records) == 18
+    for i in range(6):
+        trio = metas[3 * i:3 * i + 3]
+        assert len({m["seed"] for m in trio}) == 1  # one picture
+        assert len({r.messages[0]["content"][0]["image"] for r in records[3 * i:3 * i + 3]}) == 1
+        detect, absent, third = trio
+        assert detect["task"] == "detect" and detect["truth"]["query"] in detect["truth"]["present"]
+        assert absent["task"] == "absent" and absent["truth"]["query"] not in absent["truth"]["present"]
+        assert absent["truth"]["objects"] == [] and detect["truth"]["objects"]
+        assert third["task"] == ("count", "refer", "point")[i % 3] or third["task"] == "detect"  # detect: nothing
+        # to single out for refer / point
+        prompt = lambda r: r.messages[0]["content"][1]["text"]  # noqa: E731
+        assert prompt(records[3 * i]).replace(detect["truth"]["query"], "Q") == \
+            prompt(records[3 * i + 1]).replace(absent["truth"]["query"], "Q")  # same question form
+    with pytest.raises(InputError, match="mix must be one of"):
+        write_dataset("grounding", tmp_path / "x", train=1, seed=0, progress=False, size=112, mix="shuffle")
+
+
+def test_decision_tokens_count_decision_weight_times_in_training_only(small_run):
+    from qwen25vl.data.encoding import Encoder
+    from qwen25vl.data.packing import collate_pack
+    from qwen25vl.recipes.bootstrap import JointLoss
+    from qwen25vl.recipes.tiny import decision_token_ids, read_split
+    from qwen25vl.train.losses import full_cross_entropy
+
+    vlm, base, data = small_run
+    ids = decision_token_ids(base)
+    assert ids  # this test tokenizer holds only the tab as one token; the tiny model's holds all four
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(base / "tokenizer.json")).get_vocab()
+    assert {t for t, i in vocab.items() if i in ids} <= {"[]\u010a", "[\u010a", "]\u010a", "\u0109"}
+    from qwen25vl.generation.paths import EMBEDDED_MODEL_DIR
+
+    assert len(decision_token_ids(EMBEDDED_MODEL_DIR)) == 4
+    records, _ = read_split(data, "train")
+    pack = collate_pack([Encoder.from_pretrained(base, config=vlm.config)(r) for r in records[:4]])
+    labels = pack.labels[0]
+    where = torch.isin(labels, torch.tensor(ids))
+    assert 0 < int(where.sum()) < int((labels != -100).sum())
+    loss = JointLoss(vlm, decision_ids=ids, decision_weight=4.0)
+    ce, _, stats = loss(pack)
+    plain, _, none = JointLoss(vlm)(pack)
+    assert torch.allclose(ce, plain) and "decision_extra" not in none
+    # the extra is 3x the decision positions' summed CE, from the same hidden states
+    hidden = {}
+    handle = vlm.model.norm.register_forward_hook(lambda m, i, o: hidden.setdefault("h", o))
+    loss(pack)
+    handle.remove()
+    want = 3.0 * full_cross_entropy(hidden["h"][0][where], vlm.lm_head.weight, labels[where])
+    torch.testing.assert_close(stats["decision_extra"], want, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        assert "decision_extra" not in loss(pack)[2]  # the gap and evaluation read plain CE

@@ -108,9 +108,14 @@ class JointLoss(nn.Module):
     """Joint training's packed forward: summed CE of the answers, plus (when targets are given) the dense loss on the
     merger output and on the image tokens' hidden state after LLM layer `probe_layer`."""
 
-    def __init__(self, vlm: nn.Module, probe_layer: int = 1, head: DenseHead | None = None):
+    def __init__(self, vlm: nn.Module, probe_layer: int = 1, head: DenseHead | None = None,
+                 decision_ids: tuple[int, ...] = (), decision_weight: float = 1.0):
         super().__init__()
         self.vlm = vlm
+        # answer tokens that carry a decision (empty list or not, one more entry or the end): their CE counts
+        # `decision_weight` times in the training loss (never in the returned CE, which the gap and logs read)
+        self.register_buffer("decision_ids", torch.tensor(decision_ids, dtype=torch.long), persistent=False)
+        self.decision_weight = decision_weight
         width = vlm.config.text.hidden_size
         self.head = head or DenseHead(width)  # the vision stage's head, trained on, when given
         self.probe = DenseHead(width)
@@ -119,8 +124,19 @@ class JointLoss(nn.Module):
     def features(self, batch: PackedBatch) -> torch.Tensor:
         return self.vlm.visual(batch.pixel_values, batch.image_grid_thw)  # (N / 4, C) in token order
 
+    def decision_extra(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """(decision_weight - 1) x the summed CE of the decision tokens, or None when there is no weighting."""
+        if self.decision_weight == 1.0 or self.decision_ids.numel() == 0:
+            return None
+        where = torch.isin(labels, self.decision_ids)
+        if not bool(where.any()):
+            return None
+        ce = chunked_cross_entropy(hidden[where], self.vlm.lm_head.weight, labels[where])
+        return (self.decision_weight - 1.0) * ce
+
     def forward(self, batch: PackedBatch, targets: DenseTargets | None = None, features=None):
-        """(summed CE, dense loss or None, stats). `features` replaces the tower's output (the shuffled gap)."""
+        """(summed CE, dense loss or None, stats). `features` replaces the tower's output (the shuffled gap). With
+        gradients on and decision weighting, stats["decision_extra"] holds the extra summed CE to add."""
         vlm = self.vlm
         cfg = vlm.config
         features = self.features(batch) if features is None else features
@@ -137,11 +153,13 @@ class JointLoss(nn.Module):
                 probe = x[0][is_image[0]]  # (image tokens, C)
         hidden = text.norm(x)
         ce = chunked_cross_entropy(hidden[0], vlm.lm_head.weight, batch.labels[0])
+        extra = self.decision_extra(hidden[0], batch.labels[0]) if torch.is_grad_enabled() else None
+        more = {} if extra is None else {"decision_extra": extra}
         if targets is None:
-            return ce, None, {}
+            return ce, None, more
         dense, stats = dense_loss(self.head(features), targets)
         probed, _ = dense_loss(self.probe(probe), targets)
-        return ce, dense + probed, stats
+        return ce, dense + probed, {**stats, **more}
 
 
 @torch.no_grad()

@@ -6,7 +6,10 @@
 3. Joint training from that ViT (ViT lr 0.2x), the dense losses (merger output and LLM layer 1) on for the first
    half, the default system prompt before the image (the chat template adds it). Every `--log-every` steps the log
    holds the shuffled-image gap: CE with images rolled across a pack minus CE with the right ones (> 0: not blind).
-4. Export a plain Qwen2.5-VL folder (bf16) through `save_pretrained`; the heads are dropped.
+4. Export a plain Qwen2.5-VL folder (bf16) through `save_pretrained` to `model-joint/`; the heads are dropped.
+5. Presence stage: that exported folder trained on new scenes with three records per image (a present and an absent
+   category on the same picture, then count / refer / point), the decision tokens' CE (empty list or not, one more
+   box or the end) counted `--decision-weight` times; exported to `model/`.
 Each stage is skipped when its output exists, so a stopped run continues from the last finished stage.
 """
 
@@ -30,6 +33,10 @@ from qwen25vl.recipes.bootstrap import DenseHead, DenseTargets, JointLoss, dense
 from qwen25vl.train.optim import build_optimizer, warmup_cosine
 
 DATA_OPTIONS = {"size": 224, "max_objects": 4, "count_query": "most"}
+# stage 3's scenes: new ones (engine seed 1), three records per image (a present and an absent category on the same
+# picture, then count / refer / point in turn)
+PRESENCE_OPTIONS = {**DATA_OPTIONS, "mix": "presence"}
+PRESENCE_SEED = 1
 GAP_RECORDS = 96  # held-out records whose packs measure the shuffled-image gap
 
 
@@ -50,11 +57,12 @@ def say(text: str) -> None:
 
 # --- 1. data and tokenizer ---------------------------------------------------------------------------------------
 
-def make_data(root: Path, train: int, heldout: int, seed: int = 0) -> Path:
+def make_data(root: Path, train: int, heldout: int, seed: int = 0, options: dict | None = None) -> Path:
     from qwen25vl.data.synth import write_dataset
 
     if not (root / "manifest.json").is_file():
-        write_dataset("grounding", root, train=train, heldout=heldout, seed=seed, progress=False, **DATA_OPTIONS)
+        write_dataset("grounding", root, train=train, heldout=heldout, seed=seed, progress=False,
+                      **(DATA_OPTIONS if options is None else options))
     return root
 
 
@@ -157,9 +165,20 @@ def gap_packs(encoder, records, metas, count: int, per_pack: int = 8) -> list:
     return packs
 
 
+def decision_token_ids(base: Path) -> tuple[int, ...]:
+    """The tokens where a grounding answer decides: an empty list or not ('[]\\n' vs '[\\n'), one more entry or
+    the end ('\\t' vs ']\\n'). Looked up in the tokenizer; strings it does not hold as one token are left out."""
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(base / "tokenizer.json")).get_vocab()
+    return tuple(sorted(vocab[t] for t in ("[]\u010a", "[\u010a", "]\u010a", "\u0109") if t in vocab))
+
+
 def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: float, vision_ratio: float,
                 dense_until: float, seed: int, log_every: int, log, head: DenseHead | None = None,
-                save=None, save_every: int = 200) -> dict:
+                save=None, save_every: int = 200, decision_weight: float = 1.0, warmup: float = 0.02) -> dict:
+    """Joint training on `data`. `decision_weight` > 1 counts the decision tokens' CE that many times in the loss
+    (the logged CE and the gap stay plain); `warmup` is the warm-up's share of the steps."""
     from qwen25vl.data.encoding import Encoder
 
     encoder = Encoder.from_pretrained(base, config=vlm.config)
@@ -167,7 +186,8 @@ def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: floa
     held_records, held_metas = read_split(data, "heldout")
     gap_set = gap_packs(encoder, held_records, held_metas, GAP_RECORDS)
     targets = Targets(data_options(data))
-    loss_fn = JointLoss(vlm, head=head)
+    loss_fn = JointLoss(vlm, head=head, decision_ids=decision_token_ids(base) if decision_weight != 1.0 else (),
+                        decision_weight=decision_weight)
     rates = {"vision": lr * vision_ratio, "merger": lr, "llm": lr}
     opt = build_optimizer(loss_fn, rates, weight_decay=0.01)
     for g in opt.param_groups:
@@ -178,7 +198,7 @@ def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: floa
     pos, last = 0, {}
     t0 = time.perf_counter()
     for step in range(steps):
-        factor = warmup_cosine(step, max(1, steps // 50), steps, 0.1)
+        factor = warmup_cosine(step, max(1, int(steps * warmup + 1e-9)), steps, 0.1)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
         if pos + batch > len(order):
@@ -189,7 +209,8 @@ def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: floa
         dense_on = step < dense_until * steps
         want = DenseTargets.cat([targets(metas[i]["seed"]) for i in chosen]) if dense_on else None
         ce, dense, stats = loss_fn(pack, want)
-        loss = ce / pack.num_targets + (dense if dense is not None else 0)
+        extra = stats.pop("decision_extra", None)
+        loss = (ce if extra is None else ce + extra) / pack.num_targets + (dense if dense is not None else 0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), 1.0)
@@ -226,7 +247,11 @@ def export(vlm, base: Path, out: Path) -> Path:
 # --- the chain ---------------------------------------------------------------------------------------------------------
 
 def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batch: int, joint_steps: int,
-          joint_batch: int, lr: float, seed: int = 0, log_every: int = 50, threads: int = 1) -> Path:
+          joint_batch: int, lr: float, seed: int = 0, log_every: int = 50, threads: int = 1,
+          presence_images: int = 8000, presence_steps: int = 3000, presence_lr: float = 1e-3,
+          decision_weight: float = 4.0) -> Path:
+    """The whole chain into `out`. Stages 1-2 end in `out/model-joint` (skipped when it exists); stage 3 loads that
+    exported folder (bf16, as it ships) and trains on the presence mix into `out/model`."""
     from qwen25vl.model.vlm import Qwen25VL
     from qwen25vl.testing.checkpoint import init_random_weights
 
@@ -240,28 +265,47 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
             f.write(json.dumps(entry) + "\n")
         say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
 
-    times = {}
+    times_path = out / "times.json"
+    times = json.loads(times_path.read_text()) if times_path.is_file() else {}
     t = time.perf_counter()
     data = make_data(out / "data" / "grounding", train, heldout, seed)
     config = tiny_config()
     base = make_base(data, out / "base", config)
-    times["data_and_tokenizer_s"] = time.perf_counter() - t
-    vlm = Qwen25VL(config)
-    if any(p.is_meta for p in vlm.parameters()):
-        vlm = vlm.to_empty(device="cpu")
-    init_random_weights(vlm, seed, embed_std=1.0, gain=1.0)
-    vlm.float()
-    say(f"model: {sum(p.numel() for p in vlm.parameters()) / 1e6:.2f}M parameters")
+    times.setdefault("data_and_tokenizer_s", time.perf_counter() - t)
+    joint = out / "model-joint"
+    if not (joint / "model.safetensors").is_file():
+        vlm = Qwen25VL(config)
+        if any(p.is_meta for p in vlm.parameters()):
+            vlm = vlm.to_empty(device="cpu")
+        init_random_weights(vlm, seed, embed_std=1.0, gain=1.0)
+        vlm.float()
+        say(f"model: {sum(p.numel() for p in vlm.parameters()) / 1e6:.2f}M parameters")
+        t = time.perf_counter()
+        head = vision_stage(vlm, data, steps=vision_steps, batch=vision_batch, lr=2e-3, seed=seed, log=log)
+        times["vision_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        joint_stage(vlm, base, data, steps=joint_steps, batch=joint_batch, lr=lr, vision_ratio=0.2, dense_until=0.5,
+                    seed=seed, log_every=log_every, log=log, head=head,
+                    save=lambda step: export(vlm, base, out / "model-partial"))
+        times["joint_s"] = time.perf_counter() - t
+        export(vlm, base, joint)
+        times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
+    folder = out / "model"
+    if presence_steps <= 0:
+        return joint
     t = time.perf_counter()
-    head = vision_stage(vlm, data, steps=vision_steps, batch=vision_batch, lr=2e-3, seed=seed, log=log)
-    times["vision_s"] = time.perf_counter() - t
+    presence = make_data(out / "data" / "grounding-presence", presence_images, max(2, GAP_RECORDS // 3),
+                         PRESENCE_SEED, PRESENCE_OPTIONS)
+    times["presence_data_s"] = time.perf_counter() - t
+    vlm = Qwen25VL.from_pretrained(joint, dtype=torch.float32, progress=False)
+    say(f"stage 3 from {joint}: {presence_steps} steps on {presence}")
     t = time.perf_counter()
-    joint_stage(vlm, base, data, steps=joint_steps, batch=joint_batch, lr=lr, vision_ratio=0.2, dense_until=0.5,
-                seed=seed, log_every=log_every, log=log, head=head,
-                save=lambda step: export(vlm, base, out / "model-partial"))
-    times["joint_s"] = time.perf_counter() - t
-    folder = export(vlm, base, out / "model")
-    (out / "times.json").write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
+    joint_stage(vlm, base, presence, steps=presence_steps, batch=joint_batch, lr=presence_lr, vision_ratio=0.2,
+                dense_until=0.0, seed=seed + 3, log_every=log_every, log=log, decision_weight=decision_weight,
+                warmup=0.05, save=lambda step: export(vlm, base, out / "model-partial"))
+    times["presence_s"] = time.perf_counter() - t
+    export(vlm, base, folder)
+    times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
     say(f"wrote {folder}; times {times}")
     return folder
 
@@ -279,12 +323,19 @@ def main(argv=None) -> int:
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--presence-images", type=int, default=8000, help="stage 3: scenes (three records each)")
+    p.add_argument("--presence-steps", type=int, default=3000, help="stage 3 steps (0: stop after stage 2)")
+    p.add_argument("--presence-lr", type=float, default=1e-3)
+    p.add_argument("--decision-weight", type=float, default=4.0,
+                   help="stage 3: times the decision tokens' CE counts in the loss")
     p.add_argument("--evaluate", action="store_true", help="then score the held-out split (tiny_eval)")
     p.add_argument("--install", help="then copy the model, its scores and model card to this folder")
     args = p.parse_args(argv)
     folder = build(Path(args.out), train=args.train, heldout=args.heldout, vision_steps=args.vision_steps,
                    vision_batch=args.vision_batch, joint_steps=args.joint_steps, joint_batch=args.joint_batch,
-                   lr=args.lr, seed=args.seed, log_every=args.log_every, threads=args.threads)
+                   lr=args.lr, seed=args.seed, log_every=args.log_every, threads=args.threads,
+                   presence_images=args.presence_images, presence_steps=args.presence_steps,
+                   presence_lr=args.presence_lr, decision_weight=args.decision_weight)
     if args.evaluate:
         from qwen25vl.recipes.tiny_eval import evaluate
 

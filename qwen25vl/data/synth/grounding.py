@@ -17,9 +17,14 @@ from qwen25vl.data.synth.shapes import SHAPES, TEXTURES, fill, interior_point, s
 from qwen25vl.errors import InputError
 from qwen25vl.tasks.grounding import grounding_prompt
 
-DEFAULTS = {"size": 448, "max_objects": 8, "questions": 1, "count_query": "any"}
+DEFAULTS = {"size": 448, "max_objects": 8, "questions": 1, "count_query": "any", "mix": "cycle"}
 TASKS = ("detect", "refer", "point", "count", "absent")
 COUNT_QUERIES = ("any", "most")  # a count question names any present category, or the most frequent one
+# "cycle": `questions` records per image, the tasks in turn across images. "presence": three records per image, a
+# present category (detect) and an absent one on the same picture, so only the image tells the two apart, and one
+# of count / refer / point in turn.
+MIXES = ("cycle", "presence")
+PRESENCE_THIRD = ("count", "refer", "point")
 
 
 @dataclass(frozen=True)
@@ -153,12 +158,17 @@ def make_sample(rng: random.Random, media, options: dict) -> list[Example]:
     if options["count_query"] not in COUNT_QUERIES:
         raise InputError(f"synth grounding: option count_query must be one of {COUNT_QUERIES}, "
                          f"got {options['count_query']!r}")
+    if options["mix"] not in MIXES:
+        raise InputError(f"synth grounding: option mix must be one of {MIXES}, got {options['mix']!r}")
     size = frame_size(rng, options["size"])
     image, things = make_scene(rng, size, options["max_objects"])
     path = media.image(image)
     examples = []
-    for j in range(options["questions"]):
-        task = TASKS[(media.index + j) % len(TASKS)]
+    if options["mix"] == "presence":
+        tasks = ["detect", "absent", PRESENCE_THIRD[media.index % len(PRESENCE_THIRD)]]
+    else:
+        tasks = [TASKS[(media.index + j) % len(TASKS)] for j in range(options["questions"])]
+    for task in tasks:
         posed = question(rng, task, things, options["count_query"]) if things else None
         if posed is None:  # no object can be singled out (or none was placed): ask for a category instead
             task, posed = ("absent", question(rng, "absent", things)) if not things else \
