@@ -25,6 +25,65 @@ _COMMAND_MODULES = (
 )
 
 
+def _register_quantize(subparsers) -> None:
+    p = subparsers.add_parser(
+        "quantize", help="write an int8 weight-only copy of a checkpoint folder",
+        description="Quantise the language model's linear layers of checkpoint SRC to int8 weights with per-channel "
+                    "scales (qwen25vl.weights.quantize_folder) and write a folder OUT that qwen25vl.load(OUT) reads "
+                    "quantised; the tokenizer, processor and generation files are copied.")
+    p.add_argument("src", metavar="SRC", help="checkpoint folder to read (bf16 / fp16 / fp32)")
+    p.add_argument("out", metavar="OUT", help="folder to write (created if missing)")
+    p.add_argument("--float-lm-head", action="store_true",
+                   help="leave lm_head in floating point (fp32): larger, closer to the float model's logits")
+    p.add_argument("--max-shard-size", default="5GB", help="shard the weights above this size (default: 5GB)")
+    p.add_argument("--overwrite", action="store_true", help="write into OUT even when it is not empty")
+    p.set_defaults(func=_quantize)
+
+
+def _weight_bytes(folder) -> int:
+    return sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+
+
+def _quantize(args) -> int:
+    """Check the folders before loading anything (one readable error line each), quantise, report the result."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    from qwen25vl.errors import CheckpointError, InputError
+    from qwen25vl.model.quant import quantize_model
+    from qwen25vl.weights import _NOT_COPIED, QUANT_NAME, load_model, quantize_folder, save_model
+
+    src, out = Path(args.src), Path(args.out)
+    if not src.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {src}")
+    if not (src / "config.json").is_file():
+        raise CheckpointError(f"{src} is not a checkpoint folder: it has no config.json")
+    if out.exists() and out.resolve() == src.resolve():
+        raise InputError(f"OUT is the source folder {src}: give another output folder")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"OUT {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise InputError(f"OUT {out} is not empty: pass --overwrite to write into it")
+    if args.float_lm_head:  # quantize_folder's steps with lm_head left out
+        model = load_model(src, dtype=torch.float32, progress=False)
+        quantize_model(model, include_lm_head=False)
+        save_model(model, out, max_shard_size=args.max_shard_size)
+        for path in sorted(src.iterdir()):
+            if path.is_file() and path.suffix in (".json", ".jinja", ".txt") and path.name not in _NOT_COPIED:
+                shutil.copyfile(path, out / path.name)
+    else:
+        quantize_folder(src, out, max_shard_size=args.max_shard_size)
+    modules = json.loads((out / QUANT_NAME).read_text())["modules"]
+    before, after = _weight_bytes(src), _weight_bytes(out)
+    head = "fp32" if args.float_lm_head else "int8"
+    print(f"wrote {out}: {len(modules)} linear modules in int8 (lm_head {head}); weights {before / 2**20:.1f} MB -> "
+          f"{after / 2**20:.1f} MB ({before:,} -> {after:,} bytes, {after / max(before, 1):.2f}x)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen25vl", description="Qwen2.5-VL: run, chat, serve and task tools.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -36,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _register_quantize(sub)  # quantize
     return parser
 
 
