@@ -169,3 +169,27 @@ def test_logits_to_keep_with_and_without_cache(model, keep):
     nxt = _run(model, {"input_ids": torch.tensor([[9], [8]])}, cache=cache)
     ref = _run(model, _extend(inputs, [[9], [8]])).logits[:, -1]
     assert (nxt.logits[:, 0] - ref).abs().max().item() <= TOL
+
+
+def test_resized_to_more_rows_and_slots_then_rows_join_in_place(model):
+    """The scheduler's growth step: the running rows copied once into a bigger cache decode as before, and rows
+    added afterwards (within the new capacity) leave the storage where it is."""
+    small = KVCache.for_model(model, 0, 16, capacity=2)
+    for seed, words in ((1, [9]), (2, [4])):
+        rows = small.add_rows(1)
+        _run(model, build_prompt(words, seed=seed), cache=small.rows_view(rows))
+    assert [small.row_used(i) for i in range(2)] == [9, 4]
+    with pytest.raises(InputError, match="capacity 2"):
+        small.add_rows(1)
+    big = small.resized(32, 4)
+    assert (big.capacity, big.max_len, big.batch) == (4, 32, 2) and big._host_lengths == [9, 4]
+    storage = big.k.untyped_storage().data_ptr()
+    step = torch.tensor([[7], [8]])
+    a, b = _run(model, {"input_ids": step}, cache=small), _run(model, {"input_ids": step}, cache=big)
+    assert (a.logits - b.logits).abs().max() <= TOL
+    _run(model, build_prompt([3], seed=3), cache=big.rows_view(big.add_rows(2)[:1]))
+    assert big.k.untyped_storage().data_ptr() == storage and big.row_used(2) == 3 and big.row_used(3) == 0
+    with pytest.raises(InputError, match="outside 4"):
+        big.row_used(4)
+    with pytest.raises(InputError, match="cannot hold"):
+        big.resized(9, 4)  # row 0 uses 10 slots

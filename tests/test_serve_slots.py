@@ -172,12 +172,13 @@ def test_greedy_outputs_equal_one_by_one_under_joins_and_departures_every_step(v
     expected = [vlm.chat(_conv(i), temperature=0, max_new_tokens=n) for i, n in enumerate(lengths)]
     monkeypatch.setattr(KVCache, "concat", lambda *a: pytest.fail("joined by copying the cache"))
     monkeypatch.setattr(KVCache, "select", lambda *a: pytest.fail("left by copying the cache"))
-    scheduler = Scheduler(vlm.model, vlm.tokenizer, max_batch=8, prefill_chunk=24)
+    # room for every row from the start: joins and departures within capacity, so nothing may be copied
+    scheduler = Scheduler(vlm.model, vlm.tokenizer, max_batch=8, prefill_chunk=24, slot_rows=8, slot_tokens=256)
     rows = []
     texts = _serve(scheduler, requests[:2], requests[2:], observe=lambda: rows.append(scheduler.running_rows))
     for i, got in enumerate(texts):
         assert got == [expected[i]] * requests[i].n, f"request {i}"
-    assert scheduler.cache_copies == 0 and max(rows) >= 4
+    assert scheduler.cache_copies == 0 and scheduler.cache_allocs == 1 and max(rows) >= 4
     assert sum(r.prompt_len > 24 for r in requests) >= 2  # some prompts were prefilled in chunks
     assert scheduler.prefill_calls > len(requests)
 
@@ -185,7 +186,7 @@ def test_greedy_outputs_equal_one_by_one_under_joins_and_departures_every_step(v
 def test_joining_keeps_the_running_rows_storage(vlm):
     params = vlm.defaults.updated(temperature=0, max_new_tokens=12)
     requests = [GenRequest(inputs=dict(vlm.processor(_conv(i))), params=params, ignore_eos=True) for i in range(5)]
-    scheduler = Scheduler(vlm.model, vlm.tokenizer, max_batch=8)
+    scheduler = Scheduler(vlm.model, vlm.tokenizer, max_batch=8, slot_rows=8, slot_tokens=256)  # room for all
     seen = []
 
     def observe():
@@ -194,7 +195,7 @@ def test_joining_keeps_the_running_rows_storage(vlm):
 
     texts = _serve(scheduler, requests[:1], requests[1:], observe)
     assert len({ptr for ptr, _ in seen}) == 1  # one allocation for the whole run
-    assert max(rows for _, rows in seen) == 5 and scheduler.cache_copies == 0
+    assert max(rows for _, rows in seen) == 5 and scheduler.cache_copies == 0 and scheduler.cache_allocs == 1
     assert all(t[0] for t in texts)
 
 
@@ -292,3 +293,83 @@ def test_a_request_longer_than_the_slots_grows_them_once_and_outputs_stay_equal(
     texts = _serve(scheduler, requests[:1], requests[1:])  # the second (longer) arrives while the first decodes
     assert texts == [[vlm.chat(_conv(i), temperature=0, max_new_tokens=6)] for i in (1, 3)]
     assert scheduler.cache_copies == 1 and scheduler._cache.max_len >= requests[1].prompt_len + 6
+
+
+# --- the cache grows on demand ---------------------------------------------------------------------------------------
+
+def test_the_cache_grows_rows_and_tokens_in_the_middle_of_a_run_and_outputs_stay_equal(vlm, monkeypatch):
+    """Two short requests start (2 rows of 64 slots); eight more arrive one per step (rows double 2 -> 4 -> 8 -> 16)
+    and two long prompts, prefilled in chunks, join the running batch (slots double 64 -> 128 -> 256)."""
+    order = [1, 2, 5, 0, 3, 6, 4, 7, 9, 8, 10, 11]  # 3 and 7 are the long ones
+    lengths = {i: 4 + (5 * i) % 9 for i in order}
+    requests = [GenRequest(inputs=dict(vlm.processor(_conv(i))), params=vlm.defaults.updated(
+        temperature=0, max_new_tokens=lengths[i]), n=2 if i == 6 else 1) for i in order]
+    expected = [vlm.chat(_conv(i), temperature=0, max_new_tokens=lengths[i]) for i in order]
+    resized = []
+    real = KVCache.resized
+    monkeypatch.setattr(KVCache, "resized", lambda self, *a: resized.append((self.batch, *a)) or real(self, *a))
+    monkeypatch.setattr(KVCache, "concat", lambda *a: pytest.fail("joined by copying the cache"))
+    scheduler = Scheduler(vlm.model, vlm.tokenizer, max_batch=16, prefill_chunk=64)
+    seen = []
+
+    def observe():
+        cache = scheduler._cache
+        seen.append((cache.k.untyped_storage().data_ptr(), scheduler.cache_allocs, cache.capacity, cache.max_len,
+                     cache.batch))
+
+    texts = _serve(scheduler, requests[:2], requests[2:], observe)
+    for i, got in enumerate(texts):
+        assert got == [expected[i]] * requests[i].n, f"request {order[i]}"
+    assert seen[0][2:4] == (2, 64)  # the first admission's two rows of ~50 tokens, rounded up to powers of two
+    assert {c for *_, c, _, _ in seen} >= {2, 4, 8} and max(c for *_, c, _, _ in seen) == 16
+    assert {m for *_, m, _ in seen} >= {64, 256}
+    assert any(rows > 1 and length > 64 for rows, length, _ in resized)  # tokens grew under running rows
+    # the storage moved only at counted allocations: joins and departures in between copied nothing
+    for (ptr_a, allocs_a, *_), (ptr_b, allocs_b, *_) in zip(seen, seen[1:]):
+        assert ptr_a == ptr_b or allocs_a != allocs_b
+    assert len(resized) == scheduler.cache_copies >= 4
+    assert scheduler.cache_allocs == 1 + scheduler.cache_copies <= 1 + 3 + 2  # log2(16 / 2) + log2(256 / 64)
+
+
+def test_decode_steps_grow_the_slots_by_doubling(vlm):
+    """One request generating 300 tokens from a ~42-token prompt: 64 -> 128 -> 256 -> 512 slots, four allocations."""
+    params = vlm.defaults.updated(temperature=0, max_new_tokens=300)
+    request = GenRequest(inputs=dict(vlm.processor(_conv(1))), params=params, ignore_eos=True)
+    scheduler = Scheduler(vlm.model, vlm.tokenizer)
+    sizes = []
+    texts = _serve(scheduler, [request], [], observe=lambda: sizes.append(scheduler._cache.max_len))
+    assert request.completion_tokens == 300 and texts[0][0]
+    used = request.prompt_len + 299  # the last token is sampled, never written
+    assert 256 < used <= 512 and sorted(set(sizes)) == [64, 128, 256, 512]
+    assert sizes == sorted(sizes) and scheduler.cache_allocs == 4 and scheduler.cache_copies == 3
+
+
+def test_max_slot_tokens_bounds_growth_and_refuses_a_request_over_it(vlm):
+    params = vlm.defaults.updated(temperature=0, max_new_tokens=60)
+    short = GenRequest(inputs=dict(vlm.processor(_conv(1))), params=params, ignore_eos=True)
+    long = GenRequest(inputs=dict(vlm.processor(_conv(3))), params=params)
+    cap = short.prompt_len + 60 + 3  # not a power of two: growth stops at the cap, not at 128
+    scheduler = Scheduler(vlm.model, vlm.tokenizer, max_slot_tokens=cap)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for r in (short, long):
+            r.loop, r.queue = loop, asyncio.Queue()
+            scheduler.submit(r)
+        scheduler.start()
+        return [await events(r) for r in (short, long)]
+
+    async def events(r):
+        out = []
+        while not out or out[-1].kind not in ("end", "error"):
+            out.append(await asyncio.wait_for(r.queue.get(), timeout=60))
+        return out
+
+    try:
+        got_short, got_long = asyncio.run(main())
+    finally:
+        scheduler.stop()
+    assert [e.kind for e in got_long] == ["error"] and f"max_slot_tokens={cap}" in got_long[0].text
+    assert "".join(e.text for e in got_short if e.kind == "delta") == vlm.chat(
+        _conv(1), temperature=0, max_new_tokens=60)
+    assert scheduler._cache.max_len == cap and scheduler.cache_allocs == 2

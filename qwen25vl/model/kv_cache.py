@@ -7,6 +7,10 @@ prompt with images, `rope_deltas` (max position + 1 - valid tokens); it lives he
 
 One forward with T new tokens per row: the model (optionally) calls `stage(valid)`, then each layer calls
 `update(layer, k, v)`, then the model calls `advance(T, valid)` once.
+
+A cache never grows by itself: `max_len` and `capacity` are fixed at allocation. The server's scheduler grows it on
+demand with `resized` (a new allocation, the running rows' used slots copied once), doubling the short dimension, so
+n tokens per row cost O(log n) copies; rows join (`add_rows`) and leave (`remove_rows`) within capacity in place.
 """
 
 from __future__ import annotations
@@ -76,6 +80,12 @@ class KVCache:
     def used(self) -> int:
         """Slots used by the longest row (max of `lengths`)."""
         return max(self._host_lengths, default=0)
+
+    def row_used(self, row: int) -> int:
+        """Slots used by one running row (its `lengths` entry, read from the host copy: no device sync)."""
+        if not 0 <= row < self._rows:
+            raise InputError(f"row {row} outside {self._rows} running rows")
+        return self._host_lengths[row]
 
     def num_valid(self) -> torch.Tensor:
         """(B,) long: real (non-padding) tokens seen per row."""

@@ -1,9 +1,18 @@
 """Continuous batching: one worker thread owns the model and decodes every running request together.
 
-The running rows live in one `KVCache` of `max_batch` preallocated slots: a joining request is prefilled straight
-into free slots (`add_rows` + `rows_view`), a finished row's slot is refilled by moving the last row into it
-(`remove_rows`), so the running rows' cache is never copied to admit or drop anyone (only when a request needs more
-slots per row than allocated: `resized`, counted in `cache_copies`).
+The running rows live in one `KVCache` of preallocated row slots, each of `max_len` token slots: a joining request is
+prefilled straight into free rows (`add_rows` + `rows_view`), a finished row's slot is refilled by moving the last row
+into it (`remove_rows`: that one row's used slots), so the running rows' cache is never copied to admit or drop
+anyone while it has room.
+
+The cache grows on demand, never up front: the first admission allocates the rows it needs (rounded up to a power of
+two, at least `slot_rows`, at most `max_batch`) of the token slots its prompts need plus one (a power of two, at least
+`slot_tokens`). When a join needs more rows, or a prefill chunk or a decode step more token slots, the cache is
+reallocated once at double the short dimension (or what is needed, if more; rows capped at `max_batch`, tokens at
+`max_slot_tokens` when set) and the running rows are copied into it (`resized`, counted in `cache_copies`). So n
+tokens per row cost O(log n) reallocations, and memory follows the load's high-water mark instead of max_batch times
+the longest possible request. The cache is kept (not shrunk) while the server runs; it is dropped only when a step
+fails. `cache_allocs` counts every allocation, the first included.
 
 Each iteration of the worker loop
 1. drops rows whose client went away or whose time ran out, and requests that waited too long;
@@ -46,6 +55,11 @@ def _fail_for(request: GenRequest, err: Exception) -> None:
         request.fail(500, "server_error", f"generation failed: {type(err).__name__}: {err}")
 
 
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1): allocations come in few sizes, growth doubles."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 class QueueFull(Exception):
     """The waiting queue holds `max_queue` requests already (answered with 429)."""
 
@@ -53,7 +67,8 @@ class QueueFull(Exception):
 class Scheduler:
     def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256,
                  prefill_tokens_per_step: int = 8192, vision_cache_bytes: int = 256 * 2**20,
-                 prefill_chunk: int = 512, slot_tokens: int = 1024):
+                 prefill_chunk: int = 512, slot_tokens: int = 64, slot_rows: int = 1,
+                 max_slot_tokens: Optional[int] = None):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -62,7 +77,12 @@ class Scheduler:
         if prefill_chunk < 1:
             raise InputError(f"prefill_chunk must be a positive number of tokens, got {prefill_chunk}")
         self.prefill_chunk = prefill_chunk
-        self.slot_tokens = slot_tokens  # cache slots per row allocated at first (more: one copy, doubling)
+        if min(slot_tokens, slot_rows) < 1 or (max_slot_tokens is not None and max_slot_tokens < slot_tokens):
+            raise InputError(f"slot_tokens {slot_tokens} and slot_rows {slot_rows} must be positive and "
+                             f"max_slot_tokens {max_slot_tokens} at least slot_tokens")
+        self.slot_tokens = slot_tokens  # token slots per row at the first allocation, at least
+        self.slot_rows = slot_rows  # rows at the first allocation, at least (capped at max_batch)
+        self.max_slot_tokens = max_slot_tokens  # token slots per row never grow past this (None: no bound)
         self.vision_cache = VisionCache(vision_cache_bytes) if vision_cache_bytes > 0 else None
         self.device = model.model.embed_tokens.weight.device
         self.vocab_size = model.lm_head.weight.shape[0] if hasattr(model, "lm_head") else model.config.text.vocab_size
@@ -77,7 +97,8 @@ class Scheduler:
         self.steps = 0  # decode steps run (for tests and the benchmark)
         self.max_rows_seen = 0
         self.prefill_calls = 0  # prefill forwards (a batch of prompts, or one chunk of a long one)
-        self.cache_copies = 0  # times the running rows' cache was copied (only to grow its slots per row)
+        self.cache_copies = 0  # times the running rows' cache was copied (only to grow it: more rows or slots)
+        self.cache_allocs = 0  # cache allocations: the first, each growth, and after a failed step dropped it
         self.rows_cancelled = 0  # rows dropped because their client went away
         self.before_step: Optional[Callable[[], None]] = None  # called before each decode step (tests, tracing)
         self._changed = threading.Condition()  # notified after every worker iteration (observers, not the worker)
@@ -244,14 +265,38 @@ class Scheduler:
                 _fail_for(request, err)
             return False
 
-    def _open_rows(self, count: int, need: int) -> range:
-        """`count` new rows in free slots of at least `need` slots each (the running rows stay where they are)."""
-        if self._cache is None:
-            self._cache = KVCache.for_model(self.model, 0, max(need, self.slot_tokens), capacity=self.max_batch)
-        elif need > self._cache.max_len:
-            self._cache = self._cache.resized(max(need, 2 * self._cache.max_len), self.max_batch)
-            self.cache_copies += 1
+    def _open_rows(self, count: int, need: int, most: int, extra: int = 0) -> range:
+        """`count` new rows in free slots of at least `need` token slots each, with room for `extra` more rows (the
+        other choices of n > 1 requests) so their join copies nothing; `most` is the slots a row can come to hold.
+        The running rows stay where they are unless the cache must grow."""
+        if self.max_slot_tokens is not None and most > self.max_slot_tokens:
+            raise InputError(f"the prompt and max_tokens need {most} cache slots per row, over the server's "
+                             f"max_slot_tokens={self.max_slot_tokens}")
+        running = 0 if self._cache is None else self._cache.batch
+        self._fit(running + count + extra, need)
         return self._cache.add_rows(count)
+
+    def _fit(self, rows: int, tokens: int) -> None:
+        """Make the cache hold `rows` rows of `tokens` slots each: the first allocation, or a growth (doubling the
+        short dimension, one copy of the running rows) when it is too small; nothing when it fits."""
+        cache = self._cache
+        if cache is not None and rows <= cache.capacity and tokens <= cache.max_len:
+            return
+        if cache is None:
+            capacity, length = max(_pow2(rows), self.slot_rows), max(_pow2(tokens), self.slot_tokens)
+        else:
+            capacity = cache.capacity if rows <= cache.capacity else max(rows, 2 * cache.capacity)
+            length = cache.max_len if tokens <= cache.max_len else max(_pow2(tokens), 2 * cache.max_len)
+        capacity = max(rows, min(capacity, self.max_batch))
+        if self.max_slot_tokens is not None:
+            length = max(tokens, min(length, self.max_slot_tokens))
+        if cache is None or cache.batch == 0:
+            self._cache = None  # nothing to copy: free the old one before allocating
+            self._cache = KVCache.for_model(self.model, 0, length, capacity=capacity)
+        else:
+            self._cache = cache.resized(length, capacity)
+            self.cache_copies += 1
+        self.cache_allocs += 1
 
     def _new_rows(self, request: GenRequest) -> list[Row]:
         return [Row(request, i, self.tokenizer, self.eos_ids, self.vocab_size,
@@ -261,7 +306,8 @@ class Scheduler:
         """Prompts of a few requests in one left-padded forward, written straight into new slots."""
         batch = padded_batch([r.inputs for r, _ in pairs])
         width = batch["input_ids"].shape[1]
-        slots = self._open_rows(len(pairs), width + max(r.params.max_new_tokens for r, _ in pairs))
+        slots = self._open_rows(len(pairs), width + 1, width + max(r.params.max_new_tokens for r, _ in pairs),
+                                extra=sum(r.n - 1 for r, _ in pairs))
         self._rows += [None] * len(pairs)  # placeholders: a failure below removes these rows
         out = self._forward(batch, self._cache.rows_view(slots), *joined_features(pairs))
         failed = set()
@@ -279,7 +325,8 @@ class Scheduler:
         bounds = chunk_bounds(request.inputs["input_ids"].reshape(-1), self.prefill_chunk,
                               cfg.vision_start_token_id, cfg.vision_end_token_id)
         # each chunk but the last is followed by a decode step, which leaves one invalid slot in this row
-        slot = self._open_rows(1, request.prompt_len + len(bounds) + request.params.max_new_tokens).start
+        first = bounds[0][1] - bounds[0][0]
+        slot = self._open_rows(1, first + 1, request.prompt_len + len(bounds) + request.params.max_new_tokens).start
         row = self._new_rows(request)[0]
         row.prefill = (bounds, image_embeds, video_embeds)
         self._rows.append(row)
@@ -300,6 +347,7 @@ class Scheduler:
                             video_embeds=video_embeds)
         image_embeds, video_embeds = part.pop("image_embeds"), part.pop("video_embeds")
         try:
+            self._fit(self._cache.batch, self._cache.row_used(index) + part["input_ids"].shape[1])
             out = self._forward(part, self._cache.rows_view(range(index, index + 1)), image_embeds, video_embeds)
         except Exception as err:
             self._keep([i for i in range(len(self._rows)) if i != index])
@@ -325,6 +373,7 @@ class Scheduler:
         rows = self._new_rows(request) if first is None else [first] + self._new_rows(request)[1:]
         self._rows[slot] = rows[0]
         if request.n > 1:
+            self._fit(self._cache.batch + request.n - 1, 1)  # a chunked request's choices may need more rows
             for extra in self._cache.add_rows(request.n - 1):  # the n choices share the prompt: one prefill
                 self._cache.copy_row(slot, extra)
             self._rows += rows[1:]
@@ -355,6 +404,7 @@ class Scheduler:
         # a row still being prefilled steps along as a padding token (an invalid slot), so every row is in one call
         tokens = torch.tensor([[r.last_token if r.prefill is None else 0] for r in self._rows],
                               dtype=torch.long, device=self.device)  # (B, 1)
+        self._fit(len(self._rows), self._cache.used() + 1)  # one more slot per row; doubles when full
         mask = None
         if len(decoding) < len(self._rows):
             mask = torch.tensor([[r.prefill is None] for r in self._rows], device=self.device)
