@@ -174,3 +174,44 @@ def test_decision_tokens_count_decision_weight_times_in_training_only(small_run)
     torch.testing.assert_close(stats["decision_extra"], want, rtol=1e-4, atol=1e-4)
     with torch.no_grad():
         assert "decision_extra" not in loss(pack)[2]  # the gap and evaluation read plain CE
+
+
+def test_entry_counts_find_the_list_opening_and_count_the_entries():
+    from qwen25vl.recipes.bootstrap import entry_counts
+
+    E, L, T, X = 7, 8, 9, -100  # '[]\n', '[\n', the entry tab, an unsupervised position
+    labels = torch.tensor([X, X, 3, E, 4,  # sample 0: an empty list
+                           X, 3, L, T, 5, T, 5, T, 6,  # sample 1: three entries
+                           X, X, 2, 2,  # sample 2: no list at all: left out
+                           X, L, T, 1, L])  # sample 3: one entry (a later '[\n' is not a second opening)
+    cu = torch.tensor([0, 5, 14, 18, 23])
+    where, counts = entry_counts(labels, cu, torch.tensor([E, L]), T)
+    assert where.tolist() == [3, 7, 19] and counts.tolist() == [0, 3, 1]
+
+
+def test_count_probe_trains_only_while_on(small_run):
+    from qwen25vl.data.encoding import Encoder
+    from qwen25vl.data.packing import collate_pack
+    from qwen25vl.recipes.bootstrap import JointLoss
+    from qwen25vl.recipes.tiny import read_split
+
+    vlm, base, data = small_run
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(base / "tokenizer.json")).get_vocab()
+    tab = vocab["\u0109"]
+    records, _ = read_split(data, "train")
+    pack = collate_pack([Encoder.from_pretrained(base, config=vlm.config)(r) for r in records[:4]])
+    # the test tokenizer spells '[' alone; the list opens at its position
+    loss = JointLoss(vlm, count_probe=((vocab["["],), tab))
+    _, _, stats = loss(pack)
+    assert stats["count_loss"].requires_grad and 0 <= stats["count_acc"] <= 1
+    stats["count_loss"].backward()
+    assert loss.count_head.weight.grad.abs().sum() > 0
+    assert vlm.model.layers[0].self_attn.q_proj.weight.grad is not None  # it reaches the early layers
+    assert vlm.model.norm.weight.grad is None  # read before the final norm and the LM head
+    loss.count_head_on = False
+    assert "count_loss" not in loss(pack)[2]
+    with torch.no_grad():
+        loss.count_head_on = True
+        assert "count_loss" not in loss(pack)[2]

@@ -104,14 +104,43 @@ def dense_loss(out: dict[str, torch.Tensor], target: DenseTargets) -> tuple[torc
     return sum(losses.values()), stats
 
 
+MAX_ENTRIES = 8  # the entry-count probe's classes: 0..7 entries (more are clipped to 7)
+
+
+def entry_counts(labels: torch.Tensor, cu_seqlens: torch.Tensor, start_ids: torch.Tensor,
+                 entry_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions, counts): in each packed sample, the first position whose label opens a JSON list (`start_ids`:
+    '[]\\n' or '[\\n') and the number of entries the answer then lists (labels equal to `entry_id`, the tab that
+    opens each entry). Samples without such a label are left out. labels (T,), cu_seqlens (S + 1,)."""
+    positions, counts = [], []
+    bounds = cu_seqlens.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        seg = labels[a:b]
+        starts = torch.nonzero(torch.isin(seg, start_ids)).flatten()
+        if starts.numel():
+            positions.append(a + int(starts[0]))
+            counts.append(min(int((seg == entry_id).sum()), MAX_ENTRIES - 1))
+    return torch.tensor(positions, dtype=torch.long), torch.tensor(counts, dtype=torch.long)
+
+
 class JointLoss(nn.Module):
     """Joint training's packed forward: summed CE of the answers, plus (when targets are given) the dense loss on the
     merger output and on the image tokens' hidden state after LLM layer `probe_layer`."""
 
     def __init__(self, vlm: nn.Module, probe_layer: int = 1, head: DenseHead | None = None,
-                 decision_ids: tuple[int, ...] = (), decision_weight: float = 1.0):
+                 decision_ids: tuple[int, ...] = (), decision_weight: float = 1.0,
+                 count_probe: tuple[tuple[int, ...], int] | None = None):
         super().__init__()
         self.vlm = vlm
+        # the entry-count probe ((list-opening token ids, entry token id) or None): a training-only linear read-out
+        # of the hidden state after layer `probe_layer` at the position that opens the answer's JSON list,
+        # predicting how many entries follow (0: an absent category). It asks the early layers to match the query
+        # against the image where the answer decides, not only at the last layer.
+        self.count_head = nn.Linear(vlm.config.text.hidden_size, MAX_ENTRIES) if count_probe else None
+        self.register_buffer("count_start_ids", torch.tensor(count_probe[0] if count_probe else (), dtype=torch.long),
+                             persistent=False)
+        self.count_entry_id = count_probe[1] if count_probe else None
+        self.count_head_on = True  # the training loop switches the probe off for the rest of the run
         # answer tokens that carry a decision (empty list or not, one more entry or the end): their CE counts
         # `decision_weight` times in the training loss (never in the returned CE, which the gap and logs read)
         self.register_buffer("decision_ids", torch.tensor(decision_ids, dtype=torch.long), persistent=False)
@@ -151,10 +180,17 @@ class JointLoss(nn.Module):
             x = layer(x, cos, sin, spec, i)
             if i == self.probe_layer:
                 probe = x[0][is_image[0]]  # (image tokens, C)
+                opened = x[0]
         hidden = text.norm(x)
         ce = chunked_cross_entropy(hidden[0], vlm.lm_head.weight, batch.labels[0])
         extra = self.decision_extra(hidden[0], batch.labels[0]) if torch.is_grad_enabled() else None
         more = {} if extra is None else {"decision_extra": extra}
+        if self.count_head is not None and self.count_head_on and torch.is_grad_enabled():
+            where, counts = entry_counts(batch.labels[0], batch.cu_seqlens, self.count_start_ids, self.count_entry_id)
+            if where.numel():
+                logits = self.count_head(opened[where])
+                more["count_loss"] = F.cross_entropy(logits, counts)
+                more["count_acc"] = float((logits.argmax(-1) == counts).float().mean())
         if targets is None:
             return ce, None, more
         dense, stats = dense_loss(self.head(features), targets)

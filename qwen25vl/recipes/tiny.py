@@ -9,7 +9,9 @@
 4. Export a plain Qwen2.5-VL folder (bf16) through `save_pretrained` to `model-joint/`; the heads are dropped.
 5. Presence stage: that exported folder trained on new scenes with three records per image (a present and an absent
    category on the same picture, then count / refer / point), the decision tokens' CE (empty list or not, one more
-   box or the end) counted `--decision-weight` times; exported to `model/`.
+   box or the end) counted `--decision-weight` times, and for the first `--count-probe-until` of the steps a
+   training-only probe on LLM layer 1 at the position that opens the answer's list, predicting how many entries
+   follow (0 for an absent category); exported to `model/`.
 Each stage is skipped when its output exists, so a stopped run continues from the last finished stage.
 """
 
@@ -174,11 +176,24 @@ def decision_token_ids(base: Path) -> tuple[int, ...]:
     return tuple(sorted(vocab[t] for t in ("[]\u010a", "[\u010a", "]\u010a", "\u0109") if t in vocab))
 
 
+def count_probe_ids(base: Path) -> tuple[tuple[int, ...], int]:
+    """(the tokens that open a JSON list answer, the tab that opens each entry) for the entry-count probe."""
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(base / "tokenizer.json")).get_vocab()
+    missing = [t for t in ("[]\u010a", "[\u010a", "\u0109") if t not in vocab]
+    if missing:
+        raise ValueError(f"the entry-count probe needs single tokens for {missing} in {base / 'tokenizer.json'}")
+    return (vocab["[]\u010a"], vocab["[\u010a"]), vocab["\u0109"]
+
+
 def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: float, vision_ratio: float,
                 dense_until: float, seed: int, log_every: int, log, head: DenseHead | None = None,
-                save=None, save_every: int = 200, decision_weight: float = 1.0, warmup: float = 0.02) -> dict:
+                save=None, save_every: int = 200, decision_weight: float = 1.0, warmup: float = 0.02,
+                count_until: float = 0.0) -> dict:
     """Joint training on `data`. `decision_weight` > 1 counts the decision tokens' CE that many times in the loss
-    (the logged CE and the gap stay plain); `warmup` is the warm-up's share of the steps."""
+    (the logged CE and the gap stay plain); `warmup` is the warm-up's share of the steps; `count_until` > 0 trains
+    the entry-count probe (`bootstrap.JointLoss`) for that share of the steps."""
     from qwen25vl.data.encoding import Encoder
 
     encoder = Encoder.from_pretrained(base, config=vlm.config)
@@ -187,7 +202,7 @@ def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: floa
     gap_set = gap_packs(encoder, held_records, held_metas, GAP_RECORDS)
     targets = Targets(data_options(data))
     loss_fn = JointLoss(vlm, head=head, decision_ids=decision_token_ids(base) if decision_weight != 1.0 else (),
-                        decision_weight=decision_weight)
+                        decision_weight=decision_weight, count_probe=count_probe_ids(base) if count_until else None)
     rates = {"vision": lr * vision_ratio, "merger": lr, "llm": lr}
     opt = build_optimizer(loss_fn, rates, weight_decay=0.01)
     for g in opt.param_groups:
@@ -208,9 +223,14 @@ def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: floa
         pack = collate_pack([encoder(records[i]) for i in chosen])
         dense_on = step < dense_until * steps
         want = DenseTargets.cat([targets(metas[i]["seed"]) for i in chosen]) if dense_on else None
+        loss_fn.count_head_on = step < count_until * steps
         ce, dense, stats = loss_fn(pack, want)
         extra = stats.pop("decision_extra", None)
+        counted = stats.pop("count_loss", None)
         loss = (ce if extra is None else ce + extra) / pack.num_targets + (dense if dense is not None else 0)
+        if counted is not None:
+            loss = loss + counted
+            stats["count_probe"] = float(counted.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), 1.0)
@@ -249,7 +269,7 @@ def export(vlm, base: Path, out: Path) -> Path:
 def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batch: int, joint_steps: int,
           joint_batch: int, lr: float, seed: int = 0, log_every: int = 50, threads: int = 1,
           presence_images: int = 8000, presence_steps: int = 3000, presence_lr: float = 1e-3,
-          decision_weight: float = 4.0) -> Path:
+          decision_weight: float = 4.0, count_until: float = 0.6) -> Path:
     """The whole chain into `out`. Stages 1-2 end in `out/model-joint` (skipped when it exists); stage 3 loads that
     exported folder (bf16, as it ships) and trains on the presence mix into `out/model`."""
     from qwen25vl.model.vlm import Qwen25VL
@@ -302,7 +322,7 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
     t = time.perf_counter()
     joint_stage(vlm, base, presence, steps=presence_steps, batch=joint_batch, lr=presence_lr, vision_ratio=0.2,
                 dense_until=0.0, seed=seed + 3, log_every=log_every, log=log, decision_weight=decision_weight,
-                warmup=0.05, save=lambda step: export(vlm, base, out / "model-partial"))
+                warmup=0.05, count_until=count_until, save=lambda step: export(vlm, base, out / "model-partial"))
     times["presence_s"] = time.perf_counter() - t
     export(vlm, base, folder)
     times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
@@ -328,6 +348,8 @@ def main(argv=None) -> int:
     p.add_argument("--presence-lr", type=float, default=1e-3)
     p.add_argument("--decision-weight", type=float, default=4.0,
                    help="stage 3: times the decision tokens' CE counts in the loss")
+    p.add_argument("--count-probe-until", type=float, default=0.6,
+                   help="stage 3: the entry-count probe's share of the steps (0: off)")
     p.add_argument("--evaluate", action="store_true", help="then score the held-out split (tiny_eval)")
     p.add_argument("--install", help="then copy the model, its scores and model card to this folder")
     args = p.parse_args(argv)
@@ -335,7 +357,8 @@ def main(argv=None) -> int:
                    vision_batch=args.vision_batch, joint_steps=args.joint_steps, joint_batch=args.joint_batch,
                    lr=args.lr, seed=args.seed, log_every=args.log_every, threads=args.threads,
                    presence_images=args.presence_images, presence_steps=args.presence_steps,
-                   presence_lr=args.presence_lr, decision_weight=args.decision_weight)
+                   presence_lr=args.presence_lr, decision_weight=args.decision_weight,
+                   count_until=args.count_probe_until)
     if args.evaluate:
         from qwen25vl.recipes.tiny_eval import evaluate
 
