@@ -4,8 +4,9 @@
         [--write benchmarks/results/quant.md]
 
 Model: the `0.5b` size of bench_decode.py (Qwen2.5-0.5B's LLM shapes, random weights, fp32 checkpoint), loaded by
-transformers and by `qwen25vl.load(folder, dtype=...)` (what users get: decode layout on CPU) as fp32, bf16 (with and
-without the decode layout) and int8 (`model/quant.py`).
+transformers and by `qwen25vl.load(folder, dtype=...)` (what users get) as fp32 (decode layout), bf16 (the native
+mat-vec of `model/native.py` where it builds, and torch's product) and int8 (`model/quant.py`: native mat-vec, and
+torch's `_weight_int8pack_mm` with the native kernel switched off).
 - decode tokens/s: batch 1, a 64-token text prompt, greedy, (n - 1) / (last step - first step); sides alternate,
   medians of `--reps` (best in brackets).
 - share of copy bandwidth: bytes each side reads per token (LLM linears and lm_head in their stored dtypes, int8
@@ -37,7 +38,18 @@ import qwen25vl  # noqa: E402
 from qwen25vl.generation.paths import EMBEDDED_MODEL_DIR  # noqa: E402
 from qwen25vl.testing.checkpoint import make_tiny_checkpoint  # noqa: E402
 
-LOW = ("bf16", "bf16_nolayout", "int8")
+LOW = ("bf16", "bf16_torch", "int8")
+
+
+def torch_kernels(run):
+    """`run()` with Int8Linear on torch's kernels instead of the native mat-vec."""
+    from qwen25vl.model import quant
+
+    quant.USE_NATIVE = False
+    try:
+        return run()
+    finally:
+        quant.USE_NATIVE = True
 
 
 def read_bytes(model) -> int:
@@ -128,12 +140,14 @@ def main(argv=None) -> int:
     make_tiny_checkpoint(folder, seed=0, **SIZES["0.5b"])
     load = dict(threads=args.threads)
     vlms = {"fp32": qwen25vl.load(folder, dtype="float32", **load),
-            "bf16": qwen25vl.load(folder, dtype="bfloat16", decode_layout=True, **load),
-            "bf16_nolayout": qwen25vl.load(folder, dtype="bfloat16", decode_layout=False, **load),
+            "bf16": qwen25vl.load(folder, dtype="bfloat16", **load),
+            "bf16_torch": qwen25vl.load(folder, dtype="bfloat16", decode_layout=False, **load),
             "int8": qwen25vl.load(folder, dtype="int8", **load)}
+    vlms["int8_torch"] = vlms["int8"]  # the same model, its products on torch's kernels (quant.USE_NATIVE off)
     hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
     sides = {"hf": lambda x: reference(hf, x, args.new_tokens)[1]}
     sides.update({name: (lambda x, m=vlm.model: ours(m, x, args.new_tokens)[1]) for name, vlm in vlms.items()})
+    sides["int8_torch"] = lambda x: torch_kernels(lambda: ours(vlms["int8"].model, x, args.new_tokens)[1])
     nbytes = {name: read_bytes(vlm.model) for name, vlm in vlms.items()}
     nbytes["hf"] = nbytes["fp32"]
     inputs = prompts(1)
@@ -152,9 +166,10 @@ def main(argv=None) -> int:
     print(f"quality in {time.perf_counter() - t:.0f}s", file=sys.stderr)
 
     names = {"hf": "transformers fp32 `generate`", "fp32": "ours fp32 (decode layout)",
-             "bf16": "ours bf16, decode layout",
-             "bf16_nolayout": "ours bf16, no layout (`--dtype bfloat16` on a CPU without native bf16)",
-             "int8": "ours int8 (`--dtype int8`)"}
+             "bf16": "ours bf16 (`--dtype bfloat16`: the native bf16 mat-vec where it builds)",
+             "bf16_torch": "ours bf16, torch's product (`decode_layout=False`)",
+             "int8": "ours int8 (`--dtype int8`: the native int8 mat-vec where it builds)",
+             "int8_torch": "ours int8, torch's `_weight_int8pack_mm` (native off)"}
     lines = [
         "# Quantised decode: int8 and bf16 against transformers' fp32 `generate` (CPU)", "",
         f"Command: `.venv/bin/python benchmarks/bench_quant.py --threads {args.threads} --new-tokens "

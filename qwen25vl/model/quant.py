@@ -107,9 +107,13 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
 
 
+USE_NATIVE = True  # False: torch's kernels even where the native one builds (benchmarks compare the two)
+
+
 def _native_kernels(x: torch.Tensor, rows: int):
     """The AVX2 mat-vecs (`native.py`) where they serve: CPU, a few rows, float activations, no autograd."""
-    if x.device.type != "cpu" or rows > _PACK_MAX_ROWS or x.requires_grad or not x.dtype.is_floating_point:
+    if (not USE_NATIVE or x.device.type != "cpu" or rows > _PACK_MAX_ROWS or x.requires_grad
+            or not x.dtype.is_floating_point):
         return None
     return native.matvec()
 
