@@ -1,4 +1,5 @@
-"""Server throughput: requests/s and tokens/s at concurrency 1, 8 and 32, against the same requests served one by one.
+"""Server throughput: requests/s and tokens/s at concurrency 1, 8 and 32, against the same requests served one by one;
+and time to first token (TTFT) under load, p50 and p99, streamed, at concurrency 1 and 32.
 
 A small random model (CPU, fp32) is served by `qwen25vl serve` in a child process (127.0.0.1); an asyncio httpx client
 in this process sends R requests with at most C in flight. Every request generates exactly `--max-tokens` tokens
@@ -6,6 +7,10 @@ in this process sends R requests with at most C in flight. Every request generat
 from the shared host hits them alike; the table reports medians. The machine's own limit is measured in the same
 run: the bare model loop over the same requests (no server, no sampling, no text), one by one and batched; and the
 Python API (`VLM.generate`, same requests one by one, stopping at EOS) shows what the HTTP layer costs.
+
+TTFT: the same requests with `"stream": true`, in two more modes of each round (streamed one by one and at
+concurrency 32); a request's TTFT is the time from sending it to the arrival of the first SSE chunk whose delta carries
+text (the role-only opening chunk does not count). Percentiles are nearest-rank over every request of every round.
 
     .venv/bin/python benchmarks/bench_serve.py --threads 2 --rounds 3 --out benchmarks/results/serve.md
 """
@@ -15,6 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import math
 import os
 import platform
 import re
@@ -102,6 +109,45 @@ async def run_load(url: str, bodies: list[dict], concurrency: int) -> tuple[floa
         return time.perf_counter() - start, tokens
 
 
+async def run_stream_load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, int, list[float]]:
+    """Streamed: all bodies with at most `concurrency` in flight; returns (seconds, completion tokens, each
+    request's time to first token in seconds, from sending it to its first chunk with text)."""
+    import httpx
+
+    limit = asyncio.Semaphore(concurrency)
+    tokens, ttfts = 0, []
+
+    async def one(client, body):
+        nonlocal tokens
+        async with limit:
+            sent, first = time.perf_counter(), None
+            body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+            async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[len("data: "):])
+                    if first is None and any(c["delta"].get("content") for c in chunk.get("choices", [])):
+                        first = time.perf_counter() - sent
+                    if chunk.get("usage"):
+                        tokens += chunk["usage"]["completion_tokens"]
+            if first is None:
+                raise RuntimeError("a streamed answer carried no text")
+            ttfts.append(first)
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(one(client, b) for b in bodies))
+        return time.perf_counter() - start, tokens, ttfts
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100): a value that was measured, no interpolation."""
+    ordered = sorted(values)
+    return ordered[max(math.ceil(q / 100 * len(ordered)) - 1, 0)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -109,6 +155,8 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--host-note", default="shared with other jobs: figures are noisy, compare the ratios",
+                        help="what else ran on the machine, for the results' machine line")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -123,7 +171,9 @@ def main() -> int:
                "messages": [{"role": "user", "content": f"Write a short note about {topics[i % 8]}, number {i}."}]}
               for i in range(args.requests)]
     modes = [("one by one", 1), ("concurrency 8", 8), ("concurrency 32", 32)]
-    times: dict[str, list[float]] = {name: [] for name, _ in modes + [("Python API, one by one", 1)]}
+    streamed = [("streamed, one by one", 1), ("streamed, concurrency 32", 32)]
+    times: dict[str, list[float]] = {name: [] for name, _ in modes + [("Python API, one by one", 1)] + streamed}
+    ttfts: dict[str, list[float]] = {name: [] for name, _ in streamed}
     tokens: dict[str, int] = {}
     limits: dict[bool, list[float]] = {False: [], True: []}
     with served(folder, args.threads) as url:
@@ -134,6 +184,13 @@ def main() -> int:
                 times[name].append(seconds)
                 tokens[name] = count
                 print(f"round {r} {name}: {seconds:.2f}s, {count} tokens", file=sys.stderr)
+            for name, concurrency in streamed:
+                seconds, count, firsts = asyncio.run(run_stream_load(url, bodies, concurrency))
+                times[name].append(seconds)
+                tokens[name] = count
+                ttfts[name] += firsts
+                print(f"round {r} {name}: {seconds:.2f}s, {count} tokens, TTFT p50 "
+                      f"{statistics.median(firsts) * 1e3:.0f} ms", file=sys.stderr)
             start, api_tokens = time.perf_counter(), 0  # the library without the server, one by one
             for body in bodies:
                 done = vlm.generate(body["messages"], temperature=0, max_new_tokens=args.max_tokens)
@@ -147,12 +204,13 @@ def main() -> int:
     base = statistics.median(times["one by one"])
     total = args.requests * args.max_tokens
     loop_seq, loop_batch = statistics.median(limits[False]), statistics.median(limits[True])
+    note = "" if args.host_note == parser.get_default("host_note") else f" --host-note '{args.host_note}'"
     lines = [
         "# Server throughput (continuous batching)", "",
         f"Command: `.venv/bin/python benchmarks/bench_serve.py --threads {args.threads} --requests {args.requests} "
-        f"--max-tokens {args.max_tokens} --rounds {args.rounds}`", "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs: figures are noisy, compare "
-        f"the ratios), torch {torch.__version__}; `qwen25vl serve --threads {args.threads}` in a child process, the "
+        f"--max-tokens {args.max_tokens} --rounds {args.rounds}{note}`", "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores ({args.host_note}), torch {torch.__version__}; "
+        f"`qwen25vl serve --threads {args.threads}` in a child process, the "
         f"httpx client in this one, on the same cores; CPU fp32. Model: random, {n_params / 1e6:.1f} M parameters "
         f"(text: {SMALL['num_hidden_layers']} layers, hidden {SMALL['hidden_size']}; tiny vision tower), tiny "
         f"tokenizer. Workload: {args.requests} text requests, ~40-token prompts, exactly {args.max_tokens} generated "
@@ -178,6 +236,22 @@ def main() -> int:
         "generated tokens here (~40 prompt tokens per 32 generated); prefills of requests that arrive together are "
         "batched, but each prompt's tokens still cost their FLOPs, so the batched gain is bounded well below 32x "
         "on this CPU.",
+        "",
+        "Time to first token (streamed; from sending a request to its first chunk with text; nearest-rank "
+        f"percentiles over {args.rounds} rounds x {args.requests} requests):",
+        "",
+        "| mode | requests | TTFT p50 ms | TTFT p99 ms | TTFT max ms | tokens/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ttfts:
+        values, seconds = ttfts[name], statistics.median(times[name])
+        lines.append(f"| {name} | {len(values)} | {percentile(values, 50) * 1e3:.0f} | "
+                     f"{percentile(values, 99) * 1e3:.0f} | {max(values) * 1e3:.0f} | {tokens[name] / seconds:.0f} |")
+    lines += [
+        "",
+        "At concurrency 32 every request is sent at once, so a request's TTFT includes its wait for admission and "
+        "the batched prefill of the requests admitted with it, and its first token waits for the decode step of "
+        "all running rows; one by one, TTFT is one prefill and one sampling step plus the HTTP round trip.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
