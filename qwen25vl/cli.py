@@ -47,14 +47,10 @@ def _weight_bytes(folder) -> int:
 def _quantize(args) -> int:
     """Check the folders before loading anything (one readable error line each), quantise, report the result."""
     import json
-    import shutil
     from pathlib import Path
 
-    import torch
-
     from qwen25vl.errors import CheckpointError, InputError
-    from qwen25vl.model.quant import quantize_model
-    from qwen25vl.weights import _NOT_COPIED, QUANT_NAME, load_model, quantize_folder, save_model
+    from qwen25vl.weights import QUANT_NAME, quantize_folder
 
     src, out = Path(args.src), Path(args.out)
     if not src.is_dir():
@@ -67,15 +63,8 @@ def _quantize(args) -> int:
         raise InputError(f"OUT {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise InputError(f"OUT {out} is not empty: pass --overwrite to write into it")
-    if args.float_lm_head:  # quantize_folder's steps with lm_head left out
-        model = load_model(src, dtype=torch.float32, progress=False)
-        quantize_model(model, include_lm_head=False)
-        save_model(model, out, max_shard_size=args.max_shard_size)
-        for path in sorted(src.iterdir()):
-            if path.is_file() and path.suffix in (".json", ".jinja", ".txt") and path.name not in _NOT_COPIED:
-                shutil.copyfile(path, out / path.name)
-    else:
-        quantize_folder(src, out, max_shard_size=args.max_shard_size)
+    quantize_folder(src, out, max_shard_size=args.max_shard_size, include_lm_head=not args.float_lm_head,
+                    progress=False)
     modules = json.loads((out / QUANT_NAME).read_text())["modules"]
     before, after = _weight_bytes(src), _weight_bytes(out)
     head = "fp32" if args.float_lm_head else "int8"

@@ -275,10 +275,12 @@ def save_model(model, path: str | Path, max_shard_size: int | str = "5GB") -> Pa
 _NOT_COPIED = {"config.json", INDEX_NAME, QUANT_NAME}
 
 
-def quantize_folder(src: str | Path, dst: str | Path, max_shard_size: int | str = "5GB") -> Path:
-    """Quantise a checkpoint folder's language model to int8 (`model/quant.py`) and write a folder that
-    `qwen25vl.load` reads as is: the weights, quantization.json, and the source's tokenizer, processor and generation
-    files (every other .json / .jinja / .txt file, copied unchanged)."""
+def quantize_folder(src: str | Path, dst: str | Path, max_shard_size: int | str = "5GB",
+                    include_lm_head: bool = True, progress: bool = True) -> Path:
+    """Quantise a checkpoint folder's language model to int8 (`model/quant.py`; lm_head too unless
+    include_lm_head=False) and write a folder that `qwen25vl.load` reads as is: the weights, quantization.json, and
+    the source's tokenizer, processor and generation files (every other .json / .jinja / .txt file, copied
+    unchanged)."""
     import shutil
 
     from qwen25vl.model.quant import quantize_model
@@ -286,8 +288,8 @@ def quantize_folder(src: str | Path, dst: str | Path, max_shard_size: int | str 
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise InputError(f"quantize_folder would overwrite its source {src}: give another output folder")
-    model = load_model(src, dtype=torch.float32)
-    quantize_model(model)
+    model = load_model(src, dtype=torch.float32, progress=progress)
+    quantize_model(model, include_lm_head=include_lm_head)
     save_model(model, dst, max_shard_size=max_shard_size)
     for path in sorted(src.iterdir()):
         if path.is_file() and path.suffix in (".json", ".jinja", ".txt") and path.name not in _NOT_COPIED:
