@@ -31,7 +31,8 @@ def render_scene(index: int):
 
 
 def ask(vlm, image, prompt: str, max_new_tokens: int = 160) -> str:
-    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]}]
+    """A grounding question, asked as the model's last training stage and the official cookbook do: text first."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": prompt}, {"type": "image", "image": image}]}]
     return vlm.chat(messages, max_new_tokens=max_new_tokens, temperature=0.0)
 
 

@@ -47,7 +47,9 @@ def test_ground_maps_the_answer_to_the_original_image():
     info = _resized_size(vlm)
     assert info.resized_size != info.original_size  # the model saw a smaller image
     (messages, sampling) = vlm.calls[0]
-    assert messages[0]["content"][1]["text"].startswith("Outline the position of each sun")
+    # the official grounding cookbook's order: the query, then the image
+    assert messages[0]["content"][0]["text"].startswith("Outline the position of each sun")
+    assert messages[0]["content"][1]["type"] == "image"
     assert sampling["max_new_tokens"] > 0
     sx = info.original_size[0] / info.resized_size[0]
     sy = info.original_size[1] / info.resized_size[1]

@@ -215,3 +215,20 @@ def test_count_probe_trains_only_while_on(small_run):
     with torch.no_grad():
         loss.count_head_on = True
         assert "count_loss" not in loss(pack)[2]
+
+
+def test_text_first_records_ask_the_question_before_the_image(tmp_path):
+    from qwen25vl.data.synth import write_dataset
+    from qwen25vl.recipes.tiny import PRESENCE_OPTIONS, read_split
+    from qwen25vl.recipes.tiny_eval import reordered, text_first
+
+    write_dataset("grounding", tmp_path / "a", train=3, seed=4, progress=False, size=112, text_first=True)
+    write_dataset("grounding", tmp_path / "b", train=3, seed=4, progress=False, size=112)
+    first, _ = read_split(tmp_path / "a", "train")
+    plain, _ = read_split(tmp_path / "b", "train")
+    for a, b in zip(first, plain):
+        assert [p["type"] for p in a.messages[0]["content"]] == ["text", "image"]
+        assert [p["type"] for p in b.messages[0]["content"]] == ["image", "text"]
+        assert reordered(b, True).messages == a.messages and reordered(b, False) is b  # eval reorders the same way
+        assert text_first(b.messages[0]) == a.messages[0]
+    assert PRESENCE_OPTIONS["text_first"] and (tmp_path / "a" / "media").is_dir()

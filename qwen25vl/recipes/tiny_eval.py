@@ -121,7 +121,26 @@ def baselines(train_metas: list[dict], held_metas: list[dict], options: dict) ->
     }
 
 
-def answer_all(folder: Path, data: Path, records, batch: int = 16, max_new_tokens: int = 160) -> list[str]:
+def text_first(message: dict) -> dict:
+    """The user message with its text parts before its media (the official grounding cookbook's order)."""
+    content = message["content"]
+    if isinstance(content, str):
+        return message
+    return {**message, "content": [p for p in content if p.get("type") == "text"] +
+            [p for p in content if p.get("type") != "text"]}
+
+
+def reordered(record, first_text: bool):
+    """The record with its user turn's text before the media when `first_text`, else as written."""
+    import dataclasses
+
+    if not first_text:
+        return record
+    return dataclasses.replace(record, messages=[text_first(m) if m["role"] == "user" else m for m in record.messages])
+
+
+def answer_all(folder: Path, data: Path, records, batch: int = 16, max_new_tokens: int = 160,
+               first_text: bool = False) -> list[str]:
     import qwen25vl
 
     vlm = qwen25vl.load(folder, device="cpu", threads=1)
@@ -131,19 +150,20 @@ def answer_all(folder: Path, data: Path, records, batch: int = 16, max_new_token
         for part in user["content"]:
             if part.get("type") == "image":
                 part["image"] = str((data / part["image"]).resolve())
-        conversations.append([user])
+        conversations.append([text_first(user) if first_text else user])
     answers = []
     for i in range(0, len(conversations), batch):
         answers += vlm.chat(conversations[i:i + batch], max_new_tokens=max_new_tokens, temperature=0.0)
     return answers
 
 
-def evaluate(folder: Path, data: Path, limit: int | None = None) -> dict:
+def evaluate(folder: Path, data: Path, limit: int | None = None, text_first: bool = False) -> dict:
+    """Scores on the held-out split; `text_first` asks every question before its image (how the model trained)."""
     from qwen25vl.recipes.tiny import data_options, read_split
 
     records, metas = read_split(data, "heldout")
     records, metas = records[:limit], metas[:limit]
-    answers = answer_all(folder, data, records)
+    answers = answer_all(folder, data, records, first_text=text_first)
     options = data_options(data)
     scored = [score_answer(m, a, options) for m, a in zip(metas, answers)]
     by = {"grounding": [s["score"] for s in scored if s["task"] in GROUNDING]}
@@ -169,7 +189,7 @@ def evaluate(folder: Path, data: Path, limit: int | None = None) -> dict:
     return result
 
 
-def task_gaps(folder: Path, data: Path) -> dict:
+def task_gaps(folder: Path, data: Path, text_first: bool = False) -> dict:
     """{task: (held-out CE with the right images, CE with images rolled across packs of that task)} per token; NaN
     where no two of the task's held-out images share a grid."""
     import torch
@@ -182,6 +202,7 @@ def task_gaps(folder: Path, data: Path) -> dict:
     vlm = Qwen25VL.from_pretrained(folder).float().eval()
     encoder, loss_fn = Encoder.from_pretrained(folder, config=vlm.config), JointLoss(vlm)
     records, metas = read_split(data, "heldout")
+    records = [reordered(r, text_first) for r in records]
     out = {}
     for task in ("detect", "refer", "point", "count", "absent"):
         chosen = [i for i, m in enumerate(metas) if m["task"] == task]
@@ -198,12 +219,14 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int)
     p.add_argument("--out", help="write the scores as JSON here")
     p.add_argument("--gaps", action="store_true", help="print the shuffled-image gap per task instead")
+    p.add_argument("--text-first", action="store_true",
+                   help="ask each question before its image (the order the shipped model's last stage trained on)")
     args = p.parse_args(argv)
     if args.gaps:
-        for task, (right, wrong) in task_gaps(Path(args.model), Path(args.data)).items():
+        for task, (right, wrong) in task_gaps(Path(args.model), Path(args.data), args.text_first).items():
             print(f"{task}: right {right:.4f} shuffled {wrong:.4f} gap {wrong - right:+.4f}")
         return 0
-    result = evaluate(Path(args.model), Path(args.data), args.limit)
+    result = evaluate(Path(args.model), Path(args.data), args.limit, text_first=args.text_first)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -36,8 +36,9 @@ def _limits(vlm, min_pixels, max_pixels) -> tuple[int, int]:
     return lo, hi
 
 
-def _image_turn(vlm, image, text: str, min_pixels, max_pixels):
-    """(user message with the image and text, the image's Frame, the loaded PIL image)."""
+def _image_turn(vlm, image, text: str, min_pixels, max_pixels, text_first: bool = False):
+    """(user message with the image and text, the image's Frame, the loaded PIL image). `text_first` puts the text
+    before the image, as the official spatial-understanding (grounding) cookbook does."""
     from qwen25vl.processing.image import load_image  # lazy: the pure task functions need no processor
 
     pil = load_image(image)
@@ -47,7 +48,7 @@ def _image_turn(vlm, image, text: str, min_pixels, max_pixels):
     factor = int(getattr(config, "factor", 28))
     frame = as_frame(original_size=pil.size, min_pixels=lo, max_pixels=hi, factor=factor)
     content = [{"type": "image", "image": pil, "min_pixels": lo, "max_pixels": hi}, {"type": "text", "text": text}]
-    return {"role": "user", "content": content}, frame, pil
+    return {"role": "user", "content": content[::-1] if text_first else content}, frame, pil
 
 
 def _chat(vlm, messages, sampling, progress=None) -> str:
@@ -73,7 +74,8 @@ def ground(vlm, image, query: str, *, mode: str = "detect", prompt: str | None =
     """Find `query` in `image`; boxes and points come back in the original image's pixels (`result.frame_map` holds
     the resized <-> original map). `progress`, on every wrapper: a callable given each text delta as the answer
     streams in."""
-    message, frame, _ = _image_turn(vlm, image, prompt or grounding_prompt(query, mode), min_pixels, max_pixels)
+    message, frame, _ = _image_turn(vlm, image, prompt or grounding_prompt(query, mode), min_pixels, max_pixels,
+                                    text_first=True)  # the cookbook's order: the query, then the image
     return parse_grounding(_chat(vlm, [message], sampling, progress)).to_original(frame)
 
 

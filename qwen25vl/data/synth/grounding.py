@@ -17,13 +17,15 @@ from qwen25vl.data.synth.shapes import SHAPES, TEXTURES, fill, interior_point, s
 from qwen25vl.errors import InputError
 from qwen25vl.tasks.grounding import grounding_prompt
 
-DEFAULTS = {"size": 448, "max_objects": 8, "questions": 1, "count_query": "any", "mix": "cycle"}
+DEFAULTS = {"size": 448, "max_objects": 8, "questions": 1, "count_query": "any", "mix": "cycle", "text_first": False}
 TASKS = ("detect", "refer", "point", "count", "absent")
 COUNT_QUERIES = ("any", "most")  # a count question names any present category, or the most frequent one
 # "cycle": `questions` records per image, the tasks in turn across images. "presence": three records per image, a
 # present category (detect) and an absent one on the same picture, so only the image tells the two apart, and one
 # of count / refer / point in turn.
 MIXES = ("cycle", "presence")
+# text_first: the question before the image in the user turn, as the official spatial-understanding cookbook asks
+# (so the image tokens come after the query and can be read against it)
 PRESENCE_THIRD = ("count", "refer", "point")
 
 
@@ -175,5 +177,6 @@ def make_sample(rng: random.Random, media, options: dict) -> list[Example]:
                 ("detect", question(rng, "detect", things))
         prompt, answer, truth = posed
         truth.update(size=list(size), task=task, present=sorted({t.label for t in things}))
-        examples.append(Example(single_turn(image_part(path, size), prompt, answer), task, truth))
+        examples.append(Example(single_turn(image_part(path, size), prompt, answer,
+                                            media_first=not options["text_first"]), task, truth))
     return examples
