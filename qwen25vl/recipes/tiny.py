@@ -191,7 +191,7 @@ def count_probe_ids(base: Path) -> tuple[tuple[int, ...], int]:
 def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: float, vision_ratio: float,
                 dense_until: float, seed: int, log_every: int, log, head: DenseHead | None = None,
                 save=None, save_every: int = 200, decision_weight: float = 1.0, warmup: float = 0.02,
-                count_until: float = 0.0) -> dict:
+                count_until: float = 0.0, stage: str = "joint") -> dict:
     """Joint training on `data`. `decision_weight` > 1 counts the decision tokens' CE that many times in the loss
     (the logged CE and the gap stay plain); `warmup` is the warm-up's share of the steps; `count_until` > 0 trains
     the entry-count probe (`bootstrap.JointLoss`) for that share of the steps."""
@@ -236,7 +236,7 @@ def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: floa
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), 1.0)
         opt.step()
-        entry = {"stage": "joint", "step": step + 1, "ce": float(ce.detach()) / pack.num_targets,
+        entry = {"stage": stage, "step": step + 1, "ce": float(ce.detach()) / pack.num_targets,
                  "dense": float(dense.detach()) if dense is not None else None, "grad_norm": float(norm),
                  "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.perf_counter() - t0, 1), **stats}
         if (step + 1) % log_every == 0 or step == steps - 1:
@@ -314,16 +314,23 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
     folder = out / "model"
     if presence_steps <= 0:
         return joint
+    if (folder / "model.safetensors").is_file():
+        say(f"{folder} exists: stage 3 is done")
+        return folder
     t = time.perf_counter()
     presence = make_data(out / "data" / "grounding-presence", presence_images, max(2, GAP_RECORDS // 3),
                          PRESENCE_SEED, PRESENCE_OPTIONS)
     times["presence_data_s"] = time.perf_counter() - t
     vlm = Qwen25VL.from_pretrained(joint, dtype=torch.float32, progress=False)
     say(f"stage 3 from {joint}: {presence_steps} steps on {presence}")
+    (out / "stage3.json").write_text(json.dumps({"steps": presence_steps, "batch": joint_batch, "lr": presence_lr,
+                                                 "decision_weight": decision_weight, "count_until": count_until,
+                                                 "images": presence_images}, indent=2))
     t = time.perf_counter()
     joint_stage(vlm, base, presence, steps=presence_steps, batch=joint_batch, lr=presence_lr, vision_ratio=0.2,
                 dense_until=0.0, seed=seed + 3, log_every=log_every, log=log, decision_weight=decision_weight,
-                warmup=0.05, count_until=count_until, save=lambda step: export(vlm, base, out / "model-partial"))
+                warmup=0.05, count_until=count_until, stage="presence",
+                save=lambda step: export(vlm, base, out / "model-partial"))
     times["presence_s"] = time.perf_counter() - t
     export(vlm, base, folder)
     times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
@@ -364,8 +371,14 @@ def main(argv=None) -> int:
         from qwen25vl.recipes.tiny_eval import evaluate
 
         t = time.perf_counter()
-        scores = evaluate(folder, Path(args.out) / "data" / "grounding",
-                          text_first=args.presence_steps > 0 and PRESENCE_OPTIONS["text_first"])
+        from qwen25vl.recipes.tiny_eval import task_gaps
+
+        first_text = args.presence_steps > 0 and PRESENCE_OPTIONS["text_first"]
+        scores = evaluate(folder, Path(args.out) / "data" / "grounding", text_first=first_text)
+        scores["text_first"] = first_text
+        scores["task_gaps"] = {task: {"right": r, "shuffled": w, "gap": w - r}
+                               for task, (r, w) in task_gaps(folder, Path(args.out) / "data" / "grounding",
+                                                             first_text).items()}
         (folder / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
         times_path = Path(args.out) / "times.json"
         times = json.loads(times_path.read_text())

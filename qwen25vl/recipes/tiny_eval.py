@@ -264,18 +264,43 @@ def score_table(scores: dict) -> str:
     return "\n".join(lines)
 
 
+def _stage12_lines(run: Path) -> list[str]:
+    """Stages 1-2's lines of an earlier run's card (`model-joint/MODEL_CARD.md`), when this run started from it."""
+    card = run / "model-joint" / "MODEL_CARD.md"
+    if not card.is_file():
+        return ["- Stages 1-2 ran in an earlier run whose card is not at hand."]
+    lines, inside = [], False
+    for line in card.read_text().splitlines():
+        if line.startswith("## "):
+            inside = line.strip() == "## Data and recipe"
+            continue
+        if inside and line.strip():
+            lines.append(line)
+    return ["- Stages 1-2 ran in an earlier run (`model-joint/`; from its card):"] + ["  " + x for x in lines]
+
+
 def model_card(folder: Path, run: Path) -> str:
-    """MODEL_CARD.md from the run's log, times and the folder's scores.json."""
+    """MODEL_CARD.md from the run's log, times, stage-3 settings and the folder's scores.json. A run that started
+    from an earlier run's `model-joint/` (no vision-stage entries in its log) takes stages 1-2's lines from that
+    folder's card, and every joint entry of its log is stage 3's."""
     config = json.loads((folder / "config.json").read_text())
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
-    gaps = [e for e in log if "shuffled_gap" in e]
-    vision = [e for e in log if e["stage"] == "vision"][-1]
+    vision_log = [e for e in log if e["stage"] == "vision"]
+    joint_log = [e for e in log if e["stage"] == "joint"] if vision_log else []
+    presence_log = [e for e in log if e["stage"] == "presence" or (not vision_log and e["stage"] == "joint")]
     times = json.loads((run / "times.json").read_text())
+    stage3 = json.loads((run / "stage3.json").read_text()) if (run / "stage3.json").is_file() else None
     scores = json.loads((folder / "scores.json").read_text()) if (folder / "scores.json").is_file() else None
     manifest = json.loads((run / "data" / "grounding" / "manifest.json").read_text())
     opts, splits = manifest["options"], manifest["splits"]
     v, size = config["vision_config"], (folder / "model.safetensors").stat().st_size
-    gap_line = ", ".join(f"step {e['step']}: {e['shuffled_gap']:+.3f}" for e in gaps[:: max(1, len(gaps) // 6)])
+
+    def gap_line(entries):
+        gaps = [e for e in entries if "shuffled_gap" in e]
+        steps = ", ".join(f"step {e['step']}: {e['shuffled_gap']:+.3f}" for e in gaps[:: max(1, len(gaps) // 6)])
+        return (f"{steps}; final {gaps[-1]['shuffled_gap']:+.3f} nats (right {gaps[-1]['heldout_ce']:.3f}, "
+                f"shuffled {gaps[-1]['shuffled_ce']:.3f})") if gaps else "not logged"
+
     parts = [
         "# The embedded tiny Qwen2.5-VL",
         "",
@@ -292,31 +317,62 @@ def model_card(folder: Path, run: Path) -> str:
         "on the train split's text: digits single tokens, Qwen special tokens at 512..533, official chat template).",
         "",
         "## Data and recipe",
-        f"- `python -m qwen25vl.data.synth grounding --size {opts['size']} --set max_objects={opts['max_objects']} "
-        f"--set count_query={opts.get('count_query', 'any')} --train {splits['train']['records']} --heldout "
-        f"{splits['heldout']['records']} --seed {manifest['seed']}`: 16 shapes x 12 colours, 1-{opts['max_objects']} "
-        "objects, one question per image cycling detect / refer / point / count / absent (count questions name "
-        f"{'the most frequent' if opts.get('count_query') == 'most' else 'any present'} category). Held-out seeds "
-        "lie in a disjoint range; `make demo` uses a third.",
-        "- Vision-only stage: ViT + merger with a throwaway linear head on every merged 28 px cell (class, colour, "
-        f"box-edge offsets, absolute row and column). At its end: cell class {vision['kind_acc']:.1%}, row "
-        f"{vision['row_acc']:.1%}, column {vision['col_acc']:.1%}, box-edge error "
-        f"{vision.get('edge_err', float('nan')) * 224:.1f} px (at 224 px).",
-        "- Joint training from that ViT (ViT lr 0.2x), the dense losses on the merger output and on LLM layer 1's "
-        "image tokens for the first half, Qwen's default system prompt before the image. The heads are dropped "
-        "at export.",
-        f"- Shuffled-image loss gap on held-out packs (CE with images rolled across a pack minus CE with the right "
-        f"ones): {gap_line}; final {gaps[-1]['shuffled_gap']:+.3f} nats (right {gaps[-1]['heldout_ce']:.3f}, "
-        f"shuffled {gaps[-1]['shuffled_ce']:.3f}).",
-        f"- Time on one thread of the shared 2-core CPU: data + tokenizer {times.get('data_and_tokenizer_s', 0):.0f} "
-        f"s, vision stage {times['vision_s'] / 60:.1f} min, joint stage {times['joint_s'] / 60:.1f} min"
-        + (f", held-out scoring {times['heldout_eval_s']:.0f} s." if "heldout_eval_s" in times else "."),
     ]
+    if vision_log:
+        vision = vision_log[-1]
+        parts += [
+            f"- `python -m qwen25vl.data.synth grounding --size {opts['size']} --set max_objects={opts['max_objects']} "
+            f"--set count_query={opts.get('count_query', 'any')} --train {splits['train']['records']} --heldout "
+            f"{splits['heldout']['records']} --seed {manifest['seed']}`: 16 shapes x 12 colours, "
+            f"1-{opts['max_objects']} objects, one question per image cycling detect / refer / point / count / absent "
+            f"(count questions name {'the most frequent' if opts.get('count_query') == 'most' else 'any present'} "
+            "category). Held-out seeds lie in a disjoint range; `make demo` uses a third.",
+            "- Vision-only stage: ViT + merger with a throwaway linear head on every merged 28 px cell (class, colour, "
+            f"box-edge offsets, absolute row and column). At its end: cell class {vision['kind_acc']:.1%}, row "
+            f"{vision['row_acc']:.1%}, column {vision['col_acc']:.1%}, box-edge error "
+            f"{vision.get('edge_err', float('nan')) * 224:.1f} px (at 224 px).",
+            "- Joint training from that ViT (ViT lr 0.2x), the dense losses on the merger output and on LLM layer 1's "
+            "image tokens for the first half, Qwen's default system prompt before the image. The heads are dropped "
+            "at export.",
+            f"- Shuffled-image loss gap on held-out packs (CE with images rolled across a pack minus CE with the right "
+            f"ones): {gap_line(joint_log)}.",
+        ]
+    else:
+        parts += _stage12_lines(run)
+    presence_manifest = run / "data" / "grounding-presence" / "manifest.json"
+    if presence_log and presence_manifest.is_file():
+        pm = json.loads(presence_manifest.read_text())
+        po, ps = pm["options"], pm["splits"]
+        sets = " ".join(f"--set {k}={str(val).lower() if isinstance(val, bool) else val}" for k, val in po.items()
+                        if k in ("max_objects", "count_query", "mix", "text_first"))
+        s3 = stage3 or {}
+        parts += [
+            f"- Stage 3 (presence) data: `python -m qwen25vl.data.synth grounding --size {po['size']} {sets} --train "
+            f"{ps['train']['records'] // 3} --heldout {ps['heldout']['records'] // 3} --seed {pm['seed']}`: new "
+            f"scenes, three records per image ({ps['train']['records']} in all): a present and an absent category on "
+            "the same picture (so only the image tells them apart), then count / refer / point in turn; the "
+            "question before the image, as the official grounding cookbook writes it.",
+            f"- Stage 3 training from the exported stage-2 folder (bf16 weights, trained on in fp32): "
+            f"{s3.get('steps', '?')} steps of {s3.get('batch', '?')} records, lr {s3.get('lr', '?')} (ViT 0.2x), 5% "
+            f"warm-up then cosine to 0.1x; the decision tokens' CE (`[]` or a list, one more entry or the end) counted "
+            f"{s3.get('decision_weight', '?')}x; for the first {s3.get('count_until', 0):.0%} of the steps a "
+            "training-only probe on LLM layer 1 at the position that opens the answer's list predicts how many "
+            "entries follow (0 for an absent category). The probe is dropped at export.",
+            f"- Stage 3 shuffled-image gap on its held-out packs: {gap_line(presence_log)}.",
+        ]
+    parts.append(
+        "- Time on one thread of the shared 2-core CPU: "
+        + ", ".join(f"{label} {times[key] / 60:.1f} min" for key, label in (
+            ("data_and_tokenizer_s", "data + tokenizer"), ("vision_s", "vision stage"), ("joint_s", "joint stage"),
+            ("presence_data_s", "stage-3 data"), ("presence_s", "stage 3"), ("heldout_eval_s", "held-out scoring"))
+            if key in times) + ".")
     if scores:
+        order = " (each question asked before its image)" if scores.get("text_first") else ""
         parts += ["", "## Held-out scores", "",
-                  f"{scores['heldout']} held-out records, greedy decoding, "
+                  f"{scores['heldout']} held-out records{order}, greedy decoding, "
                   "`python -m qwen25vl.recipes.tiny_eval --model qwen25vl/assets/tiny-model "
-                  "--data build/tiny/data/grounding`. Baselines are fitted on the train split: the best constant box "
+                  f"--data build/tiny/data/grounding{' --text-first' if scores.get('text_first') else ''}`. Baselines "
+                  "are fitted on the train split: the best constant box "
                   f"{scores['fitted_baselines']['box']}, the best constant point "
                   f"{scores['fitted_baselines']['point']}, the majority count "
                   f"{scores['fitted_baselines']['majority_count']}; always `[]` for absent queries (which scores 0 on "
@@ -324,4 +380,7 @@ def model_card(folder: Path, run: Path) -> str:
                   f"{RELIABLE_SIGMAS:.0f}+ standard errors above its baseline and right at least half the time; "
                   "3+ standard errors but wrong most of the time reads 'above chance, unreliable'.", "",
                   score_table(scores["scores"])]
+        if scores.get("task_gaps"):
+            parts += ["", "Shuffled-image gap per task on these records (`--gaps`): " + ", ".join(
+                f"{task} {g['gap']:+.3f}" for task, g in scores["task_gaps"].items()) + " nats."]
     return "\n".join(parts) + "\n"
