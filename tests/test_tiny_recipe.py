@@ -232,3 +232,41 @@ def test_text_first_records_ask_the_question_before_the_image(tmp_path):
         assert reordered(b, True).messages == a.messages and reordered(b, False) is b  # eval reorders the same way
         assert text_first(b.messages[0]) == a.messages[0]
     assert PRESENCE_OPTIONS["text_first"] and (tmp_path / "a" / "media").is_dir()
+
+
+def test_match_targets_mark_the_cells_of_the_queried_category():
+    from qwen25vl.recipes.bootstrap import match_targets
+
+    star = Thing("star", "red", "plain", (28, 0, 60, 30), (40, 10))  # covers cell (0, 1)
+    ring = Thing("ring", "blue", "plain", (0, 40, 20, 55), (5, 45))  # covers cell (1, 0)
+    other = Thing("star", "blue", "plain", (56, 28, 84, 56), (70, 42))  # covers cell (1, 2): same shape, other colour
+    t = dense_targets([star, ring, other], (84, 56))
+    metas = [{"task": "detect", "truth": {"query": "red star"}}, {"task": "absent", "truth": {"query": "red ring"}},
+             {"task": "count", "truth": {"query": "blue ring"}}, {"task": "refer", "truth": {"query": "leftmost x"}}]
+    m = match_targets([t] * 4, metas)
+    assert m.shape == (24,)
+    assert m[:6].tolist() == [0, 1, 0, 0, 0, 0]  # only the red star's cell, not the blue star's
+    assert m[6:12].tolist() == [0] * 6  # an absent category matches nothing
+    assert m[12:18].tolist() == [0, 0, 0, 1, 0, 0]
+    assert torch.isnan(m[18:]).all()  # refer: left out
+
+
+def test_match_probe_reads_the_image_tokens_after_layer_1(small_run):
+    from qwen25vl.data.encoding import Encoder
+    from qwen25vl.data.packing import collate_pack
+    from qwen25vl.recipes.bootstrap import JointLoss
+    from qwen25vl.recipes.tiny import read_split
+
+    vlm, base, data = small_run
+    records, _ = read_split(data, "train")
+    pack = collate_pack([Encoder.from_pretrained(base, config=vlm.config)(r) for r in records[:3]])
+    cells = int((pack.input_ids == vlm.config.image_token_id).sum())
+    match = torch.zeros(cells)
+    match[::5] = 1
+    match[-3:] = float("nan")
+    loss = JointLoss(vlm)
+    _, _, stats = loss(pack, match=match)
+    assert stats["match_loss"].requires_grad and 0 <= stats["match_recall"] <= 1
+    stats["match_loss"].backward()
+    assert loss.match_head.weight.grad.abs().sum() > 0 and vlm.model.norm.weight.grad is None
+    assert "match_loss" not in loss(pack)[2]  # no targets, no probe

@@ -104,6 +104,24 @@ def dense_loss(out: dict[str, torch.Tensor], target: DenseTargets) -> tuple[torc
     return sum(losses.values()), stats
 
 
+MATCH_TASKS = ("detect", "count", "absent")  # their query is a bare category: every object of it matches
+_CATEGORIES = {f"{c} {s}": (1 + i, 1 + j) for i, c in enumerate(COLOUR_NAMES) for j, s in enumerate(SHAPES)}
+
+
+def match_targets(targets: list[DenseTargets], metas: list[dict]) -> torch.Tensor:
+    """Per merged cell of each sample's image: 1 where the cell lies on an object of the queried category, 0 where
+    not, NaN for samples whose query is not a bare category (refer / point: left out). Concatenated in pack order."""
+    out = []
+    for t, meta in zip(targets, metas):
+        query = meta["truth"].get("query")
+        if meta["task"] not in MATCH_TASKS or query not in _CATEGORIES:
+            out.append(torch.full(t.kind.shape, float("nan")))
+            continue
+        colour, kind = _CATEGORIES[query]
+        out.append(((t.kind == kind) & (t.colour == colour)).float())
+    return torch.cat(out)
+
+
 MAX_ENTRIES = 8  # the entry-count probe's classes: 0..7 entries (more are clipped to 7)
 
 
@@ -141,6 +159,10 @@ class JointLoss(nn.Module):
                              persistent=False)
         self.count_entry_id = count_probe[1] if count_probe else None
         self.count_head_on = True  # the training loop switches the probe off for the rest of the run
+        # the match probe (with `match=` targets): a training-only read-out of each image token after layer
+        # `probe_layer`: does this cell lie on an object of the queried category? Only possible with the question
+        # before the image (causal attention: the image tokens must see the query)
+        self.match_head = nn.Linear(vlm.config.text.hidden_size, 1)
         # answer tokens that carry a decision (empty list or not, one more entry or the end): their CE counts
         # `decision_weight` times in the training loss (never in the returned CE, which the gap and logs read)
         self.register_buffer("decision_ids", torch.tensor(decision_ids, dtype=torch.long), persistent=False)
@@ -163,7 +185,8 @@ class JointLoss(nn.Module):
         ce = chunked_cross_entropy(hidden[where], self.vlm.lm_head.weight, labels[where])
         return (self.decision_weight - 1.0) * ce
 
-    def forward(self, batch: PackedBatch, targets: DenseTargets | None = None, features=None):
+    def forward(self, batch: PackedBatch, targets: DenseTargets | None = None, features=None,
+                match: torch.Tensor | None = None):
         """(summed CE, dense loss or None, stats). `features` replaces the tower's output (the shuffled gap). With
         gradients on and decision weighting, stats["decision_extra"] holds the extra summed CE to add."""
         vlm = self.vlm
@@ -191,6 +214,17 @@ class JointLoss(nn.Module):
                 logits = self.count_head(opened[where])
                 more["count_loss"] = F.cross_entropy(logits, counts)
                 more["count_acc"] = float((logits.argmax(-1) == counts).float().mean())
+        if match is not None and torch.is_grad_enabled():
+            on = ~torch.isnan(match)
+            if bool(on.any()):
+                logits = self.match_head(probe[on]).squeeze(-1)
+                want = match[on]
+                positives = want.sum().clamp(min=1.0)
+                weight = ((want.numel() - positives) / positives).clamp(max=20.0)  # balance the few object cells
+                more["match_loss"] = F.binary_cross_entropy_with_logits(logits, want, pos_weight=weight)
+                hit = (logits > 0).float()
+                more["match_recall"] = float((hit * want).sum() / positives)
+                more["match_precision"] = float((hit * want).sum() / hit.sum().clamp(min=1.0))
         if targets is None:
             return ce, None, more
         dense, stats = dense_loss(self.head(features), targets)

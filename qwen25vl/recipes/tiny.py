@@ -11,7 +11,9 @@
    category on the same picture, then count / refer / point), the decision tokens' CE (empty list or not, one more
    box or the end) counted `--decision-weight` times, and for the first `--count-probe-until` of the steps a
    training-only probe on LLM layer 1 at the position that opens the answer's list, predicting how many entries
-   follow (0 for an absent category); exported to `model/`.
+   follow (0 for an absent category), and a probe on every image token after layer 1 predicting whether its cell lies
+   on an object of the queried category (the question comes first, so the image tokens can read it); exported to
+   `model/`.
 Each stage is skipped when its output exists, so a stopped run continues from the last finished stage.
 """
 
@@ -30,8 +32,8 @@ import torch
 
 from qwen25vl.config import Qwen25VLConfig
 from qwen25vl.data.packing import collate_pack
-from qwen25vl.recipes.bootstrap import DenseHead, DenseTargets, JointLoss, dense_loss, dense_targets, scene_of, \
-    shuffled_gap
+from qwen25vl.recipes.bootstrap import DenseHead, DenseTargets, JointLoss, dense_loss, dense_targets, match_targets, \
+    scene_of, shuffled_gap
 from qwen25vl.train.optim import build_optimizer, warmup_cosine
 
 DATA_OPTIONS = {"size": 224, "max_objects": 4, "count_query": "most"}
@@ -191,7 +193,7 @@ def count_probe_ids(base: Path) -> tuple[tuple[int, ...], int]:
 def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: float, vision_ratio: float,
                 dense_until: float, seed: int, log_every: int, log, head: DenseHead | None = None,
                 save=None, save_every: int = 200, decision_weight: float = 1.0, warmup: float = 0.02,
-                count_until: float = 0.0, stage: str = "joint") -> dict:
+                count_until: float = 0.0, stage: str = "joint", match_until: float = 0.0) -> dict:
     """Joint training on `data`. `decision_weight` > 1 counts the decision tokens' CE that many times in the loss
     (the logged CE and the gap stay plain); `warmup` is the warm-up's share of the steps; `count_until` > 0 trains
     the entry-count probe (`bootstrap.JointLoss`) for that share of the steps."""
@@ -225,13 +227,19 @@ def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: floa
         dense_on = step < dense_until * steps
         want = DenseTargets.cat([targets(metas[i]["seed"]) for i in chosen]) if dense_on else None
         loss_fn.count_head_on = step < count_until * steps
-        ce, dense, stats = loss_fn(pack, want)
+        match = (match_targets([targets(metas[i]["seed"]) for i in chosen], [metas[i] for i in chosen])
+                 if step < match_until * steps else None)
+        ce, dense, stats = loss_fn(pack, want, match=match)
         extra = stats.pop("decision_extra", None)
         counted = stats.pop("count_loss", None)
+        matched = stats.pop("match_loss", None)
         loss = (ce if extra is None else ce + extra) / pack.num_targets + (dense if dense is not None else 0)
         if counted is not None:
             loss = loss + counted
             stats["count_probe"] = float(counted.detach())
+        if matched is not None:
+            loss = loss + matched
+            stats["match_probe"] = float(matched.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), 1.0)
@@ -270,7 +278,7 @@ def export(vlm, base: Path, out: Path) -> Path:
 def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batch: int, joint_steps: int,
           joint_batch: int, lr: float, seed: int = 0, log_every: int = 50, threads: int = 1,
           presence_images: int = 8000, presence_steps: int = 3000, presence_lr: float = 1e-3,
-          decision_weight: float = 4.0, count_until: float = 0.6) -> Path:
+          decision_weight: float = 4.0, count_until: float = 0.6, match_until: float = 0.6) -> Path:
     """The whole chain into `out`. Stages 1-2 end in `out/model-joint` (skipped when it exists); stage 3 loads that
     exported folder (bf16, as it ships) and trains on the presence mix into `out/model`."""
     from qwen25vl.model.vlm import Qwen25VL
@@ -325,11 +333,12 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
     say(f"stage 3 from {joint}: {presence_steps} steps on {presence}")
     (out / "stage3.json").write_text(json.dumps({"steps": presence_steps, "batch": joint_batch, "lr": presence_lr,
                                                  "decision_weight": decision_weight, "count_until": count_until,
+                                                 "match_until": match_until,
                                                  "images": presence_images}, indent=2))
     t = time.perf_counter()
     joint_stage(vlm, base, presence, steps=presence_steps, batch=joint_batch, lr=presence_lr, vision_ratio=0.2,
                 dense_until=0.0, seed=seed + 3, log_every=log_every, log=log, decision_weight=decision_weight,
-                warmup=0.05, count_until=count_until, stage="presence",
+                warmup=0.05, count_until=count_until, match_until=match_until, stage="presence",
                 save=lambda step: export(vlm, base, out / "model-partial"))
     times["presence_s"] = time.perf_counter() - t
     export(vlm, base, folder)
@@ -358,6 +367,8 @@ def main(argv=None) -> int:
                    help="stage 3: times the decision tokens' CE counts in the loss")
     p.add_argument("--count-probe-until", type=float, default=0.6,
                    help="stage 3: the entry-count probe's share of the steps (0: off)")
+    p.add_argument("--match-probe-until", type=float, default=0.6,
+                   help="stage 3: the per-cell query-match probe's share of the steps (0: off)")
     p.add_argument("--evaluate", action="store_true", help="then score the held-out split (tiny_eval)")
     p.add_argument("--install", help="then copy the model, its scores and model card to this folder")
     args = p.parse_args(argv)
@@ -366,7 +377,7 @@ def main(argv=None) -> int:
                    lr=args.lr, seed=args.seed, log_every=args.log_every, threads=args.threads,
                    presence_images=args.presence_images, presence_steps=args.presence_steps,
                    presence_lr=args.presence_lr, decision_weight=args.decision_weight,
-                   count_until=args.count_probe_until)
+                   count_until=args.count_probe_until, match_until=args.match_probe_until)
     if args.evaluate:
         from qwen25vl.recipes.tiny_eval import evaluate
 

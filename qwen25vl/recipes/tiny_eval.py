@@ -357,7 +357,11 @@ def model_card(folder: Path, run: Path) -> str:
             f"warm-up then cosine to 0.1x; the decision tokens' CE (`[]` or a list, one more entry or the end) counted "
             f"{s3.get('decision_weight', '?')}x; for the first {s3.get('count_until', 0):.0%} of the steps a "
             "training-only probe on LLM layer 1 at the position that opens the answer's list predicts how many "
-            "entries follow (0 for an absent category). The probe is dropped at export.",
+            "entries follow (0 for an absent category)"
+            + (f"; for the first {s3['match_until']:.0%} a training-only probe on every image token after LLM layer "
+               "1 predicts whether its cell lies on an object of the queried category (detect / count / absent "
+               "queries; the image tokens can read the query because it comes first)" if s3.get("match_until") else "")
+            + ". The probes are dropped at export.",
             f"- Stage 3 shuffled-image gap on its held-out packs: {gap_line(presence_log)}.",
         ]
     parts.append(
