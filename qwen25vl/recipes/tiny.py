@@ -277,7 +277,7 @@ def export(vlm, base: Path, out: Path) -> Path:
 
 def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batch: int, joint_steps: int,
           joint_batch: int, lr: float, seed: int = 0, log_every: int = 50, threads: int = 1,
-          presence_images: int = 8000, presence_steps: int = 3000, presence_lr: float = 1e-3,
+          presence_images: int = 8000, presence_steps: int = 5000, presence_lr: float = 1e-3,
           decision_weight: float = 4.0, count_until: float = 0.6, match_until: float = 0.6) -> Path:
     """The whole chain into `out`. Stages 1-2 end in `out/model-joint` (skipped when it exists); stage 3 loads that
     exported folder (bf16, as it ships) and trains on the presence mix into `out/model`."""
@@ -361,7 +361,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--presence-images", type=int, default=8000, help="stage 3: scenes (three records each)")
-    p.add_argument("--presence-steps", type=int, default=3000, help="stage 3 steps (0: stop after stage 2)")
+    p.add_argument("--presence-steps", type=int, default=5000, help="stage 3 steps (0: stop after stage 2)")
     p.add_argument("--presence-lr", type=float, default=1e-3)
     p.add_argument("--decision-weight", type=float, default=4.0,
                    help="stage 3: times the decision tokens' CE counts in the loss")
