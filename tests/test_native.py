@@ -149,3 +149,24 @@ def test_bf16_model_decodes_on_the_native_kernel_with_the_same_greedy_tokens(tmp
     assert isinstance(vlm.model.model.layers[0].mlp.up_proj, Bf16MatvecLinear)
     assert isinstance(qwen25vl.load(folder, dtype="bfloat16", threads=None, decode_layout=False)
                       .model.model.layers[0].mlp.up_proj, torch.nn.Linear)
+
+
+@needs_kernel
+def test_a_worker_thread_runs_the_kernel_on_torchs_thread_count(monkeypatch):
+    """A server worker thread calls the kernel: it passes torch's count, not the runtime's per-thread default."""
+    import threading
+
+    seen = []
+    fns = native.matvec()
+    real = fns["int8"]
+    monkeypatch.setitem(fns, "int8", lambda *a: seen.append(a[-1]) or real(*a))
+    q, s = quantize_weight(torch.randn(64, 32))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        t = threading.Thread(target=lambda: native.linear(torch.randn(1, 32), q, s, None))
+        t.start()
+        t.join()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]

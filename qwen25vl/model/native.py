@@ -5,8 +5,9 @@ On CPUs with only AVX2 torch has no int8 or bf16 product that streams at memory 
 (each weight widened to fp32 exactly, fp32 sums; 0.5B gate/up 4864 x 896, 1 thread: int8 0.29-0.32 ms, fp32
 `F.linear` 1.3 ms). The library is
 compiled once per source, compiler and flags into `$QWEN25VL_CACHE` (default `~/.cache/qwen25vl/kernels`), with
-`-fopenmp` so that it runs on the OpenMP runtime torch has already loaded (same `libgomp.so.1`: one thread pool, and
-`torch.set_num_threads` sets its thread count too; checked at load). Nothing here is required: without a compiler,
+`-fopenmp` so that it runs on the OpenMP runtime torch has already loaded (same `libgomp.so.1`: one thread pool;
+checked at load: its thread count must follow `torch.set_num_threads`). Each call passes torch's thread count, since a
+thread other than the one that set it (a server worker) would otherwise start from the runtime's default. Nothing here is required: without a compiler,
 without AVX2 + FMA, or with `QWEN25VL_NATIVE=0`, `matvec()` returns None and callers use torch.
 """
 
@@ -88,7 +89,7 @@ def _load():
         fn = getattr(lib, f"qw_{kind}_matvec")
         fn.restype = None
         fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                       ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+                       ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
         fns[kind] = fn
     lib.qw_max_threads.restype = ctypes.c_int
     before = torch.get_num_threads()
@@ -105,8 +106,8 @@ def _load():
 
 
 def matvec() -> dict | None:
-    """{"int8": fn, "bf16": fn}: the ctypes functions `qw_<kind>_matvec(x, rows, w, scale, bias, y, N, K)`, or None
-    (see `why_not`)."""
+    """{"int8": fn, "bf16": fn}: the ctypes functions `qw_<kind>_matvec(x, rows, w, scale, bias, y, N, K, threads)`,
+    or None (see `why_not`)."""
     if "fns" not in _state:
         with _lock:
             if "fns" not in _state:
@@ -143,5 +144,5 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, bi
     x = x.contiguous()
     y = torch.empty(rows, n, dtype=torch.float32)
     fns[kind](x.data_ptr(), rows, weight.data_ptr(), 0 if scale is None else scale.data_ptr(),
-              0 if bias is None else bias.data_ptr(), y.data_ptr(), n, k)
+              0 if bias is None else bias.data_ptr(), y.data_ptr(), n, k, torch.get_num_threads())
     return y

@@ -87,9 +87,9 @@ static inline float scalar_bf16(uint16_t v) {
     }                                                                                                             \
                                                                                                                   \
     void qw_##NAME##_matvec(const float *x, int64_t rows, const T *w, const float *scale, const float *bias,      \
-                            float *y, int64_t N, int64_t K) {                                                     \
+                            float *y, int64_t N, int64_t K, int threads) {                                        \
         int64_t blocks = N / 4;                                                                                   \
-        _Pragma("omp parallel for schedule(static)")                                                              \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                         \
         for (int64_t blk = 0; blk < blocks; blk++) {                                                              \
             int64_t n = blk * 4;                                                                                  \
             const T *w0 = w + n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;                                    \
@@ -107,7 +107,8 @@ static inline float scalar_bf16(uint16_t v) {
                                (bias ? bias[n] : 0.0f);                                                           \
     }
 
-/* qw_int8_matvec(x, rows, w int8, scale, bias, y, N, K) and qw_bf16_matvec(x, rows, w bf16 bits, NULL, bias, ...) */
+/* qw_int8_matvec(x, rows, w int8, scale, bias, y, N, K, threads) and qw_bf16_matvec(x, rows, w bf16 bits, NULL,
+   bias, ...); `threads` is passed (torch's count) since a thread other than torch's main one has its own default */
 DEFINE_MATVEC(int8, int8_t, widen_i8, scalar_i8)
 DEFINE_MATVEC(bf16, uint16_t, widen_bf16, scalar_bf16)
 
