@@ -161,10 +161,11 @@ def test_bf16_keeps_the_decode_layout_only_where_the_cpu_computes_bf16(tmp_path,
 
 
 # --- the embedded tiny model against fp32 --------------------------------------------------------------------------
-# Measured on the 5 held-out grounding prompts (48 new tokens): int8 departs from fp32 greedy first at tokens
-# 13, 47, 13, never, 21; bf16 at 13, never, never, never, 16. Token 13 is the first digit of the first coordinate,
-# where the tiny model's top two are close. So the stated agreement: the first 13 tokens of every prompt.
-AGREE_TOKENS = 13
+# Measured on the 5 held-out grounding prompts (48 new tokens, the question before the image), shipped model of
+# 2026-12-03 with the native mat-vecs: int8 departs from fp32 greedy first at tokens never, never, 19, never, 12;
+# bf16 at never, never, 19, never, never (a coordinate digit where the tiny model's top two are close). So the stated
+# agreement: the first 12 tokens of every prompt.
+AGREE_TOKENS = 12
 
 
 @pytest.mark.skipif(not (EMBEDDED_MODEL_DIR / "config.json").is_file(), reason="no embedded model")

@@ -382,7 +382,7 @@ def main(argv=None) -> int:
         from qwen25vl.recipes.tiny_eval import evaluate
 
         t = time.perf_counter()
-        from qwen25vl.recipes.tiny_eval import task_gaps
+        from qwen25vl.recipes.tiny_eval import absent_contrast, task_gaps
 
         first_text = args.presence_steps > 0 and PRESENCE_OPTIONS["text_first"]
         scores = evaluate(folder, Path(args.out) / "data" / "grounding", text_first=first_text)
@@ -390,6 +390,7 @@ def main(argv=None) -> int:
         scores["task_gaps"] = {task: {"right": r, "shuffled": w, "gap": w - r}
                                for task, (r, w) in task_gaps(folder, Path(args.out) / "data" / "grounding",
                                                              first_text).items()}
+        scores["absent_contrast"] = absent_contrast(folder, Path(args.out) / "data" / "grounding", first_text)
         (folder / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
         times_path = Path(args.out) / "times.json"
         times = json.loads(times_path.read_text())

@@ -212,6 +212,61 @@ def task_gaps(folder: Path, data: Path, text_first: bool = False) -> dict:
     return out
 
 
+def absent_contrast(folder: Path, data: Path, text_first: bool = False) -> dict:
+    """The absent queries' image test. Rolling images across a pack cannot test them: the rolled-in scene almost
+    never holds the absent category either, so `[]` stays right and the gap stays ~0 whatever the model does. Here each
+    absent query's answer `[]` is scored with its own image and with a held-out image of the same size that does hold
+    the queried category (where `[]` is wrong): {"right", "contrast", "gap", "se", "n"}, CE per answer token (se: of
+    the per-pair gaps); gap > 0 means the model reads the image to answer `[]`."""
+    import dataclasses
+
+    import torch
+
+    from qwen25vl.data.encoding import Encoder
+    from qwen25vl.data.packing import collate_pack
+    from qwen25vl.model.vlm import Qwen25VL
+    from qwen25vl.recipes.bootstrap import JointLoss
+    from qwen25vl.recipes.tiny import read_split
+
+    vlm = Qwen25VL.from_pretrained(folder, progress=False).float().eval()
+    encoder, loss_fn = Encoder.from_pretrained(folder, config=vlm.config), JointLoss(vlm)
+    records, metas = read_split(data, "heldout")
+
+    def image_of(record):
+        return next(p for m in record.messages if isinstance(m["content"], list) for p in m["content"]
+                    if p.get("type") == "image")
+
+    def ce(record) -> tuple[float, int]:
+        batch = collate_pack([encoder(reordered(record, text_first))])
+        with torch.no_grad():
+            return float(loss_fn(batch)[0]), batch.num_targets
+
+    right = contrast = tokens = pairs = 0
+    per_pair = []
+    for record, meta in zip(records, metas):
+        if meta["task"] != "absent":
+            continue
+        query, size = meta["truth"]["query"], meta["truth"]["size"]
+        other = next((r for r, m in zip(records, metas) if m["truth"]["size"] == size
+                      and query in m["truth"].get("present", [])), None)
+        if other is None:
+            continue
+        swapped = json.loads(json.dumps(record.messages))
+        for m in swapped:
+            if isinstance(m["content"], list):
+                for part in m["content"]:
+                    if part.get("type") == "image":
+                        part.update(image_of(other))
+        a, n = ce(record)
+        b, _ = ce(dataclasses.replace(record, messages=swapped))
+        right, contrast, tokens, pairs = right + a, contrast + b, tokens + n, pairs + 1
+        per_pair.append((b - a) / n)
+    if not pairs:
+        return {"right": float("nan"), "contrast": float("nan"), "gap": float("nan"), "se": float("nan"), "n": 0}
+    return {"right": right / tokens, "contrast": contrast / tokens, "gap": (contrast - right) / tokens,
+            "se": mean_se(per_pair)[1], "n": pairs}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m qwen25vl.recipes.tiny_eval", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
@@ -225,6 +280,9 @@ def main(argv=None) -> int:
     if args.gaps:
         for task, (right, wrong) in task_gaps(Path(args.model), Path(args.data), args.text_first).items():
             print(f"{task}: right {right:.4f} shuffled {wrong:.4f} gap {wrong - right:+.4f}")
+        c = absent_contrast(Path(args.model), Path(args.data), args.text_first)
+        print(f"absent, against an image that holds the category ({c['n']} pairs): right {c['right']:.4f} "
+              f"contrast {c['contrast']:.4f} gap {c['gap']:+.4f} (s.e. {c['se']:.4f} over pairs)")
         return 0
     result = evaluate(Path(args.model), Path(args.data), args.limit, text_first=args.text_first)
     text = json.dumps(result, indent=2)
@@ -386,5 +444,11 @@ def model_card(folder: Path, run: Path) -> str:
                   score_table(scores["scores"])]
         if scores.get("task_gaps"):
             parts += ["", "Shuffled-image gap per task on these records (`--gaps`): " + ", ".join(
-                f"{task} {g['gap']:+.3f}" for task, g in scores["task_gaps"].items()) + " nats."]
+                f"{task} {g['gap']:+.3f}" for task, g in scores["task_gaps"].items()) + " nats per answer token."]
+        c = scores.get("absent_contrast")
+        if c and c.get("n"):
+            parts += ["", "Rolling images cannot test absent queries (the rolled-in scene almost never holds the absent "
+                      "category either, so `[]` stays right): against a held-out image of the same size that does "
+                      f"hold it, the answer `[]` costs {c['gap']:+.3f} ± {c['se']:.3f} nats per token more than with "
+                      f"its own image ({c['n']} pairs; > 0: the model reads the image to answer `[]`)."]
     return "\n".join(parts) + "\n"
