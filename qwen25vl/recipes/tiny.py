@@ -42,6 +42,7 @@ DATA_OPTIONS = {"size": 224, "max_objects": 4, "count_query": "most"}
 # writes it (measured: with the image first the presence decision stayed at chance, p([]) 0.45 either way)
 PRESENCE_OPTIONS = {**DATA_OPTIONS, "mix": "presence", "text_first": True}
 PRESENCE_SEED = 1
+REFINE_SEED = 2  # stage 4's fresh scenes
 GAP_RECORDS = 96  # held-out records whose packs measure the shuffled-image gap
 
 
@@ -278,7 +279,8 @@ def export(vlm, base: Path, out: Path) -> Path:
 def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batch: int, joint_steps: int,
           joint_batch: int, lr: float, seed: int = 0, log_every: int = 50, threads: int = 1,
           presence_images: int = 8000, presence_steps: int = 5000, presence_lr: float = 1e-3,
-          decision_weight: float = 4.0, count_until: float = 0.6, match_until: float = 0.6) -> Path:
+          decision_weight: float = 4.0, count_until: float = 0.6, match_until: float = 0.6,
+          refine_steps: int = 0, refine_lr: float = 5e-4, refine_images: int = 8000) -> Path:
     """The whole chain into `out`. Stages 1-2 end in `out/model-joint` (skipped when it exists); stage 3 loads that
     exported folder (bf16, as it ships) and trains on the presence mix into `out/model`."""
     from qwen25vl.model.vlm import Qwen25VL
@@ -296,6 +298,19 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
 
     times_path = out / "times.json"
     times = json.loads(times_path.read_text()) if times_path.is_file() else {}
+
+    def refine(start: Path) -> Path:
+        t = time.perf_counter()
+        (out / "stage4.json").write_text(json.dumps({"steps": refine_steps, "batch": joint_batch, "lr": refine_lr,
+                                                     "decision_weight": decision_weight, "images": refine_images},
+                                                    indent=2))
+        folder = refine_stage(out, base, start, steps=refine_steps, batch=joint_batch, lr=refine_lr,
+                              images=refine_images, decision_weight=decision_weight, seed=seed, log_every=log_every,
+                              log=log)
+        times["refine_s"] = time.perf_counter() - t
+        times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
+        return folder
+
     t = time.perf_counter()
     data = make_data(out / "data" / "grounding", train, heldout, seed)
     config = tiny_config()
@@ -319,12 +334,12 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
         times["joint_s"] = time.perf_counter() - t
         export(vlm, base, joint)
         times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
-    folder = out / "model"
+    folder = out / "model-presence"
     if presence_steps <= 0:
         return joint
     if (folder / "model.safetensors").is_file():
         say(f"{folder} exists: stage 3 is done")
-        return folder
+        return refine(folder) if refine_steps > 0 else folder
     t = time.perf_counter()
     presence = make_data(out / "data" / "grounding-presence", presence_images, max(2, GAP_RECORDS // 3),
                          PRESENCE_SEED, PRESENCE_OPTIONS)
@@ -344,6 +359,28 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
     export(vlm, base, folder)
     times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
     say(f"wrote {folder}; times {times}")
+    return refine(folder) if refine_steps > 0 else folder
+
+
+def refine_stage(out: Path, base: Path, start: Path, *, steps: int, batch: int, lr: float, images: int,
+                 decision_weight: float, seed: int, log_every: int, log) -> Path:
+    """Stage 4: the stage-3 folder trained on fresh presence scenes (engine seed `REFINE_SEED`) at a lower peak
+    rate, without probes: a second cosine cycle (stage 3's figures were still rising at its learning-rate floor).
+    Exported to `out/model`."""
+    from qwen25vl.model.vlm import Qwen25VL
+
+    folder = out / "model"
+    if (folder / "model.safetensors").is_file():
+        say(f"{folder} exists: stage 4 is done")
+        return folder
+    data = make_data(out / "data" / "grounding-refine", images, max(2, GAP_RECORDS // 3), REFINE_SEED,
+                     PRESENCE_OPTIONS)
+    vlm = Qwen25VL.from_pretrained(start, dtype=torch.float32, progress=False)
+    say(f"stage 4 from {start}: {steps} steps on {data}")
+    joint_stage(vlm, base, data, steps=steps, batch=batch, lr=lr, vision_ratio=0.2, dense_until=0.0, seed=seed + 4,
+                log_every=log_every, log=log, decision_weight=decision_weight, warmup=0.05, stage="refine",
+                save=lambda step: export(vlm, base, out / "model-partial"))
+    export(vlm, base, folder)
     return folder
 
 
@@ -369,6 +406,8 @@ def main(argv=None) -> int:
                    help="stage 3: the entry-count probe's share of the steps (0: off)")
     p.add_argument("--match-probe-until", type=float, default=0.6,
                    help="stage 3: the per-cell query-match probe's share of the steps (0: off)")
+    p.add_argument("--refine-steps", type=int, default=0, help="stage 4 steps on fresh scenes (0: none)")
+    p.add_argument("--refine-lr", type=float, default=5e-4)
     p.add_argument("--evaluate", action="store_true", help="then score the held-out split (tiny_eval)")
     p.add_argument("--install", help="then copy the model, its scores and model card to this folder")
     args = p.parse_args(argv)
@@ -377,7 +416,8 @@ def main(argv=None) -> int:
                    lr=args.lr, seed=args.seed, log_every=args.log_every, threads=args.threads,
                    presence_images=args.presence_images, presence_steps=args.presence_steps,
                    presence_lr=args.presence_lr, decision_weight=args.decision_weight,
-                   count_until=args.count_probe_until, match_until=args.match_probe_until)
+                   count_until=args.count_probe_until, match_until=args.match_probe_until,
+                   refine_steps=args.refine_steps, refine_lr=args.refine_lr)
     if args.evaluate:
         from qwen25vl.recipes.tiny_eval import evaluate
 
