@@ -422,11 +422,25 @@ def model_card(folder: Path, run: Path) -> str:
             + ". The probes are dropped at export.",
             f"- Stage 3 shuffled-image gap on its held-out packs: {gap_line(presence_log)}.",
         ]
+    refine_log = [e for e in log if e["stage"] == "refine"]
+    refine_manifest = run / "data" / "grounding-refine" / "manifest.json"
+    if refine_log and refine_manifest.is_file():
+        rm = json.loads(refine_manifest.read_text())
+        s4 = json.loads((run / "stage4.json").read_text()) if (run / "stage4.json").is_file() else {}
+        parts += [
+            f"- Stage 4 (refine): {rm['splits']['train']['records'] // 3} fresh scenes of the same mix (engine seed "
+            f"{rm['seed']}), {s4.get('steps', '?')} steps of {s4.get('batch', '?')} records from the stage-3 folder, "
+            f"lr {s4.get('lr', '?')} (ViT 0.2x), 5% warm-up then cosine to 0.1x, decision tokens "
+            f"{s4.get('decision_weight', '?')}x, no probes: a second cosine cycle, since stage 3's figures were still "
+            "rising at its learning-rate floor.",
+            f"- Stage 4 shuffled-image gap on its held-out packs: {gap_line(refine_log)}.",
+        ]
     parts.append(
         "- Time on one thread of the shared 2-core CPU: "
         + ", ".join(f"{label} {times[key] / 60:.1f} min" for key, label in (
             ("data_and_tokenizer_s", "data + tokenizer"), ("vision_s", "vision stage"), ("joint_s", "joint stage"),
-            ("presence_data_s", "stage-3 data"), ("presence_s", "stage 3"), ("heldout_eval_s", "held-out scoring"))
+            ("presence_data_s", "stage-3 data"), ("presence_s", "stage 3"), ("refine_s", "stage 4 with its data"),
+            ("heldout_eval_s", "held-out scoring"))
             if key in times) + ".")
     if scores:
         order = " (each question asked before its image)" if scores.get("text_first") else ""
