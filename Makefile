@@ -43,8 +43,8 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m qwen25vl.demo --out build/demo
 
 # Reproduce qwen25vl/assets/tiny-model/ from nothing on CPU: data, tokenizer, vision bootstrap, joint training,
-# the presence stage, export, held-out scores and the model card (stages 1-2 measured at about 71 minutes and
-# stage 3 at about 40 on one thread of the shared 2-core machine, in two sessions).
+# the presence and refine stages, export, held-out scores and the model card (stages 1-2 measured at about 71
+# minutes, stages 3-4 at about 53, on one thread of the shared 2-core machine, in two sessions).
 tiny-model: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m qwen25vl.recipes.tiny --out build/tiny --evaluate --install qwen25vl/assets/tiny-model
 

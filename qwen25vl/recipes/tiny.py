@@ -13,7 +13,8 @@
    training-only probe on LLM layer 1 at the position that opens the answer's list, predicting how many entries
    follow (0 for an absent category), and a probe on every image token after layer 1 predicting whether its cell lies
    on an object of the queried category (the question comes first, so the image tokens can read it); exported to
-   `model/`.
+   `model-presence/`.
+6. Refine stage: that folder on fresh scenes of the same mix at half the peak rate, no probes; exported to `model/`.
 Each stage is skipped when its output exists, so a stopped run continues from the last finished stage.
 """
 
@@ -280,7 +281,7 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
           joint_batch: int, lr: float, seed: int = 0, log_every: int = 50, threads: int = 1,
           presence_images: int = 8000, presence_steps: int = 5000, presence_lr: float = 1e-3,
           decision_weight: float = 4.0, count_until: float = 0.6, match_until: float = 0.6,
-          refine_steps: int = 0, refine_lr: float = 5e-4, refine_images: int = 8000) -> Path:
+          refine_steps: int = 3000, refine_lr: float = 5e-4, refine_images: int = 8000) -> Path:
     """The whole chain into `out`. Stages 1-2 end in `out/model-joint` (skipped when it exists); stage 3 loads that
     exported folder (bf16, as it ships) and trains on the presence mix into `out/model`."""
     from qwen25vl.model.vlm import Qwen25VL
@@ -406,7 +407,7 @@ def main(argv=None) -> int:
                    help="stage 3: the entry-count probe's share of the steps (0: off)")
     p.add_argument("--match-probe-until", type=float, default=0.6,
                    help="stage 3: the per-cell query-match probe's share of the steps (0: off)")
-    p.add_argument("--refine-steps", type=int, default=0, help="stage 4 steps on fresh scenes (0: none)")
+    p.add_argument("--refine-steps", type=int, default=3000, help="stage 4 steps on fresh scenes (0: none)")
     p.add_argument("--refine-lr", type=float, default=5e-4)
     p.add_argument("--evaluate", action="store_true", help="then score the held-out split (tiny_eval)")
     p.add_argument("--install", help="then copy the model, its scores and model card to this folder")
