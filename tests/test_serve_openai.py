@@ -304,3 +304,29 @@ def test_text_that_is_not_unicode_is_a_400(server):
     ok = httpx.post(server.url + "/v1/chat/completions", content=body.replace("\\ud800", "\\u00e9"),
                     headers={"Content-Type": "application/json"})
     assert ok.status_code == 200
+
+
+def test_max_slot_tokens_reaches_the_scheduler_and_bounds_a_request(vlm):
+    """`ServeSettings.max_slot_tokens` (`serve --max-slot-tokens`): a request whose prompt plus max_tokens could
+    outgrow it is a 400 naming the limit; a shorter one is answered."""
+    import argparse
+
+    from qwen25vl.errors import ConfigError
+    from qwen25vl.serve.cli import register, settings_from_args
+
+    app = create_app(vlm, ServeSettings(model_name=NAME, limits=LIMITS, max_slot_tokens=64))
+    assert app.state.scheduler.max_slot_tokens == 64
+    with BackgroundServer(app) as srv:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        ok = c.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert ok.choices[0].finish_reason in ("stop", "length")
+        with pytest.raises(openai.BadRequestError, match="max_slot_tokens=64"):
+            c.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=200)
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    register(sub)
+    args = parser.parse_args(["serve", "-m", "x", "--max-slot-tokens", "128"])
+    assert settings_from_args(args, "x").max_slot_tokens == 128
+    assert settings_from_args(parser.parse_args(["serve", "-m", "x"]), "x").max_slot_tokens is None
+    with pytest.raises(ConfigError, match="max-slot-tokens"):
+        settings_from_args(parser.parse_args(["serve", "-m", "x", "--max-slot-tokens", "10"]), "x")

@@ -173,7 +173,7 @@ def create_app(vlm, settings: ServeSettings = ServeSettings(), *, defaults: Opti
     defaults = defaults or getattr(vlm, "defaults", None) or SamplingParams(temperature=1.0)
     scheduler = Scheduler(vlm.model, tokenizer, max_batch=settings.max_batch, max_queue=settings.max_queue,
                           prefill_tokens_per_step=settings.prefill_tokens_per_step,
-                          vision_cache_bytes=settings.vision_cache_bytes)
+                          vision_cache_bytes=settings.vision_cache_bytes, max_slot_tokens=settings.max_slot_tokens)
     fetcher = MediaFetcher(settings.fetch_policy())
     config = vlm.model.config
     image_pad, video_pad = config.image_token_id, config.video_token_id

@@ -47,6 +47,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, default=lim.max_tokens, help="the most max_tokens a request may ask")
     p.add_argument("--max-fetch-bytes", type=int, default=d.max_fetch_bytes, help="per fetched image or video")
     p.add_argument("--fetch-timeout", type=float, default=d.fetch_timeout, help="seconds per fetch")
+    p.add_argument("--max-slot-tokens", type=int, default=None,
+                   help="KV-cache tokens per row at most (default: grow as needed); longer requests are a 400")
     p.set_defaults(func=run)
 
 
@@ -55,6 +57,9 @@ def settings_from_args(args, model_name: str) -> ServeSettings:
                  "max_prompt_tokens", "max_tokens", "max_fetch_bytes"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if getattr(args, "max_slot_tokens", None) is not None and args.max_slot_tokens < 64:
+        raise ConfigError(f"--max-slot-tokens must be at least 64 (the cache's first width), got "
+                          f"{args.max_slot_tokens}")
     roots = []
     for root in args.local_root:
         if not Path(root).is_dir():
@@ -67,7 +72,7 @@ def settings_from_args(args, model_name: str) -> ServeSettings:
                          allow_private_urls=args.allow_private_urls, local_roots=tuple(roots),
                          max_fetch_bytes=args.max_fetch_bytes, fetch_timeout=args.fetch_timeout,
                          max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout,
-                         limits=limits)
+                         max_slot_tokens=getattr(args, "max_slot_tokens", None), limits=limits)
 
 
 def run(args) -> int:

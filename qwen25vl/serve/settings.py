@@ -42,6 +42,8 @@ class ServeSettings:
     request_timeout: float = 600.0  # seconds from arrival to the last token
     prefill_tokens_per_step: int = 8192
     vision_cache_bytes: int = 256 * 2**20
+    # KV-cache token slots per row never grow past this (None: no bound); a request that could outgrow it is a 400
+    max_slot_tokens: Optional[int] = None
     limits: Limits = field(default_factory=Limits)
 
     def fetch_policy(self) -> FetchPolicy:
