@@ -170,3 +170,14 @@ def test_a_worker_thread_runs_the_kernel_on_torchs_thread_count(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert seen == [1]
+
+
+def test_an_unwritable_cache_falls_back_to_the_temporary_folder(monkeypatch, tmp_path):
+    if native._compiler() is None:
+        pytest.skip("no C compiler here: nothing to build")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("QWEN25VL_CACHE", str(blocked))  # cache_dir() lies under a file: mkdir fails
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    out = native.build()
+    assert out.is_file() and out.parent.parent == tmp_path / "tmp"

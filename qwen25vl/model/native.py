@@ -3,11 +3,11 @@
 On CPUs with only AVX2 torch has no int8 or bf16 product that streams at memory speed (benchmarks/results/quant.md:
 `torch._weight_int8pack_mm` ~4.5 GB/s, bf16 products 8-10 GB/s), so int8 and bf16 decode use `kernels/matvec.c`
 (each weight widened to fp32 exactly, fp32 sums; 0.5B gate/up 4864 x 896, 1 thread: int8 0.29-0.32 ms, fp32
-`F.linear` 1.3 ms). The library is
-compiled once per source, compiler and flags into `$QWEN25VL_CACHE` (default `~/.cache/qwen25vl/kernels`), with
-`-fopenmp` so that it runs on the OpenMP runtime torch has already loaded (same `libgomp.so.1`: one thread pool;
-checked at load: its thread count must follow `torch.set_num_threads`). Each call passes torch's thread count, since a
-thread other than the one that set it (a server worker) would otherwise start from the runtime's default. Nothing here is required: without a compiler,
+`F.linear` 1.3 ms). The library is compiled once per source, compiler and flags into `$QWEN25VL_CACHE` (default
+`~/.cache/qwen25vl/kernels`; the temporary folder when that is not writable), with `-fopenmp` so that it runs on the
+OpenMP runtime torch has already loaded (same `libgomp.so.1`: one thread pool; checked at load: its thread count must
+follow `torch.set_num_threads`). Each call passes torch's thread count, since a thread other than the one that set it
+(a server worker) would otherwise start from the runtime's default. Nothing here is required: without a compiler,
 without AVX2 + FMA, or with `QWEN25VL_NATIVE=0`, `matvec()` returns None and callers use torch.
 """
 
@@ -61,7 +61,15 @@ def build(force: bool = False) -> Path:
     out = cache_dir() / f"matvec-{key}.so"
     if out.is_file() and not force:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise PermissionError(out.parent)
+    except OSError:  # a read-only home: the temporary folder, one per user
+        out = Path(tempfile.gettempdir()) / f"qwen25vl-kernels-{os.getuid()}" / out.name
+        if out.is_file() and not force:
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:

@@ -461,8 +461,8 @@ def model_card(folder: Path, run: Path) -> str:
                 f"{task} {g['gap']:+.3f}" for task, g in scores["task_gaps"].items()) + " nats per answer token."]
         c = scores.get("absent_contrast")
         if c and c.get("n"):
-            parts += ["", "Rolling images cannot test absent queries (the rolled-in scene almost never holds the absent "
-                      "category either, so `[]` stays right): against a held-out image of the same size that does "
-                      f"hold it, the answer `[]` costs {c['gap']:+.3f} ± {c['se']:.3f} nats per token more than with "
-                      f"its own image ({c['n']} pairs; > 0: the model reads the image to answer `[]`)."]
+            parts += ["", "Rolling images cannot test absent queries (the rolled-in scene almost never holds the "
+                      "absent category either, so `[]` stays right): against a held-out image of the same size "
+                      f"that does hold it, the answer `[]` costs {c['gap']:+.3f} ± {c['se']:.3f} nats per token "
+                      f"more than with its own image ({c['n']} pairs; > 0: the model reads the image to answer `[]`)."]
     return "\n".join(parts) + "\n"
