@@ -32,7 +32,6 @@ from torch import nn
 
 from qwen25vl.model import native
 
-_NATIVE_MAX_ROWS = 16  # decode batches; above this a GEMM is compute-bound and torch's own is the better one
 _SPLIT_MAX_ROWS = 8  # decode batches; above this the plain GEMM already uses every core
 SPLIT_MIN_BYTES = 1 << 20  # smaller weights stream in microseconds: a thread hand-off would cost more than it saves
 
@@ -69,27 +68,12 @@ def largest_decode_matrix_bytes(model: nn.Module) -> int:
 class Bf16MatvecLinear(nn.Linear):
     """nn.Linear with bf16 weights whose few-row products run the native bf16 mat-vec (same weight, same keys)."""
 
-    _bias32: tuple | None = None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // max(x.shape[-1], 1)
-        fns = None
-        if (rows <= _NATIVE_MAX_ROWS and x.device.type == "cpu" and self.weight.dtype == torch.bfloat16
-                and self.weight.is_contiguous() and x.dtype.is_floating_point
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
-            fns = native.matvec()
+        fns = native.kernels_for(x, rows, self.weight) if self.weight.dtype == torch.bfloat16 else None
         if fns is None:
             return F.linear(x, self.weight, self.bias)
-        y = native.linear(x.reshape(rows, self.in_features).to(torch.float32), self.weight, None, self._bias(), fns)
-        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
-
-    def _bias(self) -> torch.Tensor | None:
-        if self.bias is None:
-            return None
-        key = (self.bias.data_ptr(), self.bias._version)
-        if self._bias32 is None or self._bias32[0] != key:
-            self._bias32 = (key, self.bias.detach().float().contiguous())
-        return self._bias32[1]
+        return native.module_product(self, x, rows, None, fns)
 
 
 @torch.no_grad()

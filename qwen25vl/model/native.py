@@ -130,6 +130,35 @@ def why_not() -> str | None:
 
 
 _WEIGHT_KINDS = {torch.int8: "int8", torch.bfloat16: "bf16"}
+MAX_ROWS = 16  # decode batches; above this the product is compute-bound and torch's GEMM is the better one
+
+
+def kernels_for(x: torch.Tensor, rows: int, weight: torch.Tensor) -> dict | None:
+    """The mat-vecs where they serve this product (CPU, at most MAX_ROWS rows, float activations, a contiguous
+    weight, no autograd through it), else None: the caller takes torch's path."""
+    if (x.device.type != "cpu" or rows > MAX_ROWS or not x.dtype.is_floating_point or not weight.is_contiguous()
+            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+        return None
+    return matvec()
+
+
+def fp32_bias(module) -> torch.Tensor | None:
+    """`module.bias` as contiguous fp32 for the kernels, converted once and again only when the bias changes."""
+    bias = module.bias
+    if bias is None:
+        return None
+    key = (bias.data_ptr(), bias._version)
+    cached = getattr(module, "_bias32", None)
+    if cached is None or cached[0] != key:
+        cached = (key, bias.detach().float().contiguous())
+        module._bias32 = cached
+    return cached[1]
+
+
+def module_product(module, x: torch.Tensor, rows: int, scale: torch.Tensor | None, fns: dict) -> torch.Tensor:
+    """A Linear-like module's forward on the kernels: x (..., in) in any float dtype -> (..., out) in that dtype."""
+    y = linear(x.reshape(rows, module.in_features).to(torch.float32), module.weight, scale, fp32_bias(module), fns)
+    return y.to(x.dtype).view(*x.shape[:-1], module.out_features)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,

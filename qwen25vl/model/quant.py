@@ -27,7 +27,8 @@ from qwen25vl.errors import CheckpointError
 from qwen25vl.model import native
 
 METHOD = "int8-weight-only-per-channel"
-_PACK_MAX_ROWS = 16  # above this the product is compute-bound and one dequantised GEMM is faster
+USE_NATIVE = True  # False: torch's kernels even where the native one builds (benchmarks compare the two)
+_PACK_MAX_ROWS = native.MAX_ROWS  # above this the product is compute-bound and one dequantised GEMM is faster
 _TEXT_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
@@ -55,7 +56,6 @@ class Int8Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=bias_dtype, device=device),
                                  requires_grad=False) if bias else None
         self._act_scale: tuple | None = None  # (key, the scales in the activation dtype), rebuilt when stale
-        self._bias32: tuple | None = None  # (key, the bias in fp32) for the native kernel
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
@@ -78,21 +78,11 @@ class Int8Linear(nn.Module):
             self._act_scale = (key, self.weight_scale.detach().to(dtype))
         return self._act_scale[1]
 
-    def _bias_fp32(self) -> torch.Tensor | None:
-        if self.bias is None:
-            return None
-        key = (self.bias.data_ptr(), self.bias._version)
-        if self._bias32 is None or self._bias32[0] != key:
-            self._bias32 = (key, self.bias.detach().float().contiguous())
-        return self._bias32[1]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // max(x.shape[-1], 1)
-        kernels = _native_kernels(x, rows)
+        kernels = native.kernels_for(x, rows, self.weight) if USE_NATIVE else None
         if kernels is not None:
-            flat = x.reshape(rows, self.in_features).to(torch.float32)
-            y = native.linear(flat, self.weight, self.weight_scale, self._bias_fp32(), kernels)
-            return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+            return native.module_product(self, x, rows, self.weight_scale, kernels)
         if _packed_kernel_applies(x, rows):
             act = x.dtype if x.dtype == torch.bfloat16 else torch.bfloat16
             flat = x.reshape(rows, self.in_features).to(act)
@@ -105,17 +95,6 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
-
-
-USE_NATIVE = True  # False: torch's kernels even where the native one builds (benchmarks compare the two)
-
-
-def _native_kernels(x: torch.Tensor, rows: int):
-    """The AVX2 mat-vecs (`native.py`) where they serve: CPU, a few rows, float activations, no autograd."""
-    if (not USE_NATIVE or x.device.type != "cpu" or rows > _PACK_MAX_ROWS or x.requires_grad
-            or not x.dtype.is_floating_point):
-        return None
-    return native.matvec()
 
 
 def _packed_kernel_applies(x: torch.Tensor, rows: int) -> bool:

@@ -172,24 +172,31 @@ def gap_packs(encoder, records, metas, count: int, per_pack: int = 8) -> list:
     return packs
 
 
-def decision_token_ids(base: Path) -> tuple[int, ...]:
-    """The tokens where a grounding answer decides: an empty list or not ('[]\\n' vs '[\\n'), one more entry or
-    the end ('\\t' vs ']\\n'). Looked up in the tokenizer; strings it does not hold as one token are left out."""
+# byte-level spellings of the answer pieces where a grounding answer decides
+EMPTY, OPEN, CLOSE, ENTRY = "[]\u010a", "[\u010a", "]\u010a", "\u0109"  # '[]\\n', '[\\n', ']\\n', '\\t'
+
+
+def _single_tokens(base: Path) -> dict[str, int]:
+    """Which of those pieces the tokenizer in `base` holds as one token, and their ids."""
     from tokenizers import Tokenizer
 
     vocab = Tokenizer.from_file(str(base / "tokenizer.json")).get_vocab()
-    return tuple(sorted(vocab[t] for t in ("[]\u010a", "[\u010a", "]\u010a", "\u0109") if t in vocab))
+    return {t: vocab[t] for t in (EMPTY, OPEN, CLOSE, ENTRY) if t in vocab}
+
+
+def decision_token_ids(base: Path) -> tuple[int, ...]:
+    """The tokens where a grounding answer decides: an empty list or not ('[]\\n' vs '[\\n'), one more entry or
+    the end ('\\t' vs ']\\n'). Pieces the tokenizer does not hold as one token are left out."""
+    return tuple(sorted(_single_tokens(base).values()))
 
 
 def count_probe_ids(base: Path) -> tuple[tuple[int, ...], int]:
     """(the tokens that open a JSON list answer, the tab that opens each entry) for the entry-count probe."""
-    from tokenizers import Tokenizer
-
-    vocab = Tokenizer.from_file(str(base / "tokenizer.json")).get_vocab()
-    missing = [t for t in ("[]\u010a", "[\u010a", "\u0109") if t not in vocab]
+    ids = _single_tokens(base)
+    missing = [t for t in (EMPTY, OPEN, ENTRY) if t not in ids]
     if missing:
         raise ValueError(f"the entry-count probe needs single tokens for {missing} in {base / 'tokenizer.json'}")
-    return (vocab["[]\u010a"], vocab["[\u010a"]), vocab["\u0109"]
+    return (ids[EMPTY], ids[OPEN]), ids[ENTRY]
 
 
 def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: float, vision_ratio: float,
