@@ -92,7 +92,7 @@ def reliability(folder: Path) -> list[str]:
     path = folder / "scores.json"
     if not path.is_file():
         return ["no measured scores ship with this model: treat every answer as unreliable"]
-    from qwen25vl.recipes.tiny_eval import verdict
+    from qwen25vl.recipes.tiny_card import verdict
 
     scores = json.loads(path.read_text())["scores"]
     lines = []

@@ -33,19 +33,11 @@ import torch
 
 from qwen25vl.config import Qwen25VLConfig
 from qwen25vl.data.packing import collate_pack
-from qwen25vl.recipes.bootstrap import DenseHead, DenseTargets, JointLoss, dense_loss, dense_targets, match_targets, \
-    scene_of, shuffled_gap
+from qwen25vl.recipes.bootstrap import DenseHead, DenseTargets, JointLoss, dense_loss, match_targets, shuffled_gap
 from qwen25vl.train.optim import build_optimizer, warmup_cosine
-
-DATA_OPTIONS = {"size": 224, "max_objects": 4, "count_query": "most"}
-# stage 3's scenes: new ones (engine seed 1), three records per image (a present and an absent category on the same
-# picture, then count / refer / point in turn), the question before the image as the official grounding cookbook
-# writes it (measured: with the image first the presence decision stayed at chance, p([]) 0.45 either way)
-PRESENCE_OPTIONS = {**DATA_OPTIONS, "mix": "presence", "text_first": True}
-PRESENCE_SEED = 1
-REFINE_SEED = 2  # stage 4's fresh scenes
-GAP_RECORDS = 96  # held-out records whose packs measure the shuffled-image gap
-
+from qwen25vl.recipes.tiny_data import (  # noqa: F401  (re-exported: the recipe's names in one place)
+    DATA_OPTIONS, GAP_RECORDS, PRESENCE_OPTIONS, PRESENCE_SEED, REFINE_SEED, Targets, _image_path, count_probe_ids,
+    data_options, decision_token_ids, gap_packs, make_base, make_data, read_split)
 
 def tiny_config() -> Qwen25VLConfig:
     """ViT 64 wide x 4 blocks (windows of 112 px, block 3 full attention), LLM 128 x 3, the tiny vocabulary: the
@@ -60,58 +52,6 @@ def tiny_config() -> Qwen25VLConfig:
 
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-# --- 1. data and tokenizer ---------------------------------------------------------------------------------------
-
-def make_data(root: Path, train: int, heldout: int, seed: int = 0, options: dict | None = None) -> Path:
-    from qwen25vl.data.synth import write_dataset
-
-    if not (root / "manifest.json").is_file():
-        write_dataset("grounding", root, train=train, heldout=heldout, seed=seed, progress=False,
-                      **(DATA_OPTIONS if options is None else options))
-    return root
-
-
-def make_base(data: Path, base: Path, config: Qwen25VLConfig) -> Path:
-    """Tokenizer, preprocessor and generation files (the model folder without weights)."""
-    from qwen25vl.data.synth.tokenizer import train_from_datasets
-    from qwen25vl.testing.tokenizer import write_preprocessor_config
-
-    if not (base / "tokenizer.json").is_file():
-        train_from_datasets([data], base)
-    write_preprocessor_config(base)
-    (base / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    generation = {"bos_token_id": config.bos_token_id, "pad_token_id": config.bos_token_id,
-                  "eos_token_id": [config.eos_token_id, config.bos_token_id], "do_sample": False}
-    (base / "generation_config.json").write_text(json.dumps(generation, indent=2))
-    return base
-
-
-def data_options(data: Path) -> dict:
-    """The engine options the dataset was written with (the replayed scenes need them)."""
-    return json.loads((data / "manifest.json").read_text())["options"]
-
-
-def read_split(data: Path, split: str):
-    from qwen25vl.data.records import read_records
-
-    records = list(read_records(data / f"{split}.jsonl"))
-    metas = [json.loads(line) for line in (data / f"{split}.meta.jsonl").read_text().splitlines()]
-    return records, metas
-
-
-class Targets:
-    """Dense targets per sample seed, replayed from the engine once and kept."""
-
-    def __init__(self, options: dict):
-        self.options, self.cache = options, {}
-
-    def __call__(self, seed: int) -> DenseTargets:
-        if seed not in self.cache:
-            image, things = scene_of(seed, self.options)
-            self.cache[seed] = dense_targets(things, image.size)
-        return self.cache[seed]
 
 
 # --- 2. vision-only stage ------------------------------------------------------------------------------------------
@@ -143,61 +83,7 @@ def vision_stage(vlm, data: Path, *, steps: int, batch: int, lr: float, seed: in
     return head
 
 
-_IMAGE_PATHS: dict = {}
-
-
-def _image_path(data: Path, meta: dict) -> str:
-    """The image of a meta line (the record with the same id)."""
-    if not _IMAGE_PATHS:
-        for split in ("train", "heldout"):
-            records, metas = read_split(data, split)
-            for r, m in zip(records, metas):
-                _IMAGE_PATHS[m["id"]] = r.messages[0]["content"][0]["image"]
-    return _IMAGE_PATHS[meta["id"]]
-
-
 # --- 3. joint training -----------------------------------------------------------------------------------------------
-
-def gap_packs(encoder, records, metas, count: int, per_pack: int = 8) -> list:
-    """Packs of held-out samples sharing one image grid (so images can be rolled across a pack)."""
-    by_size: dict = {}
-    for r, m in list(zip(records, metas))[:count]:
-        by_size.setdefault(tuple(m["truth"]["size"]), []).append(r)
-    packs = []
-    for group in by_size.values():
-        for i in range(0, len(group) - 1, per_pack):
-            chunk = group[i:i + per_pack]
-            if len(chunk) > 1:
-                packs.append(collate_pack([encoder(r) for r in chunk]))
-    return packs
-
-
-# byte-level spellings of the answer pieces where a grounding answer decides
-EMPTY, OPEN, CLOSE, ENTRY = "[]\u010a", "[\u010a", "]\u010a", "\u0109"  # '[]\\n', '[\\n', ']\\n', '\\t'
-
-
-def _single_tokens(base: Path) -> dict[str, int]:
-    """Which of those pieces the tokenizer in `base` holds as one token, and their ids."""
-    from tokenizers import Tokenizer
-
-    vocab = Tokenizer.from_file(str(base / "tokenizer.json")).get_vocab()
-    return {t: vocab[t] for t in (EMPTY, OPEN, CLOSE, ENTRY) if t in vocab}
-
-
-def decision_token_ids(base: Path) -> tuple[int, ...]:
-    """The tokens where a grounding answer decides: an empty list or not ('[]\\n' vs '[\\n'), one more entry or
-    the end ('\\t' vs ']\\n'). Pieces the tokenizer does not hold as one token are left out."""
-    return tuple(sorted(_single_tokens(base).values()))
-
-
-def count_probe_ids(base: Path) -> tuple[tuple[int, ...], int]:
-    """(the tokens that open a JSON list answer, the tab that opens each entry) for the entry-count probe."""
-    ids = _single_tokens(base)
-    missing = [t for t in (EMPTY, OPEN, ENTRY) if t not in ids]
-    if missing:
-        raise ValueError(f"the entry-count probe needs single tokens for {missing} in {base / 'tokenizer.json'}")
-    return (ids[EMPTY], ids[OPEN]), ids[ENTRY]
-
 
 def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: float, vision_ratio: float,
                 dense_until: float, seed: int, log_every: int, log, head: DenseHead | None = None,
@@ -450,7 +336,7 @@ def main(argv=None) -> int:
 
 def install(folder: Path, run: Path, dest: Path) -> Path:
     """Copy the exported model (and scores.json when evaluated) to `dest` and write MODEL_CARD.md there."""
-    from qwen25vl.recipes.tiny_eval import model_card
+    from qwen25vl.recipes.tiny_card import model_card
 
     dest.mkdir(parents=True, exist_ok=True)
     for path in folder.iterdir():

@@ -1,0 +1,181 @@
+"""The tiny model's MODEL_CARD.md, written from a run's folder: its log, times, stage settings and the held-out
+scores `tiny_eval` measured (`recipes/tiny.py` installs it with the model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from qwen25vl.recipes.tiny_eval import RELIABLE_SIGMAS
+
+
+def verdict(s: dict) -> str:
+    """'reliable' (3+ s.e. over the baseline and right at least half the time), 'above chance, unreliable' (3+ s.e.
+    over the baseline but wrong most of the time) or 'not reliable'."""
+    if not s["reliable"]:
+        return "not reliable"
+    return "reliable" if s["score"] >= 0.5 else "above chance, unreliable"
+
+
+def _row(name: str, s: dict) -> str:
+    verdict_text = verdict(s) if verdict(s) == "reliable" else f"**{verdict(s)}**"
+    return (f"| {name} | {s['n']} | {s['score']:.1%} ± {s['se']:.1%} | {s['baseline']:.1%} | "
+            f"{s['sigmas']:+.1f} | {verdict_text} |")
+
+
+SCORE_NAMES = {"grounding": "grounding acc@IoU 0.5 (detect + refer)", "point": "pointing inside the object",
+               "count": "counting exact match", "absent": "absent query answered `[]`",
+               "presence": "presence (balanced: `[]` iff absent)"}
+
+
+def score_table(scores: dict) -> str:
+    lines = ["| ability | n | held-out ± s.e. | trivial baseline | s.e. above | verdict |",
+             "|---|---|---|---|---|---|"]
+    lines += [_row(SCORE_NAMES[k], v) for k, v in scores.items() if k in SCORE_NAMES]
+    return "\n".join(lines)
+
+
+def _stage12_lines(run: Path) -> list[str]:
+    """Stages 1-2's lines of an earlier run's card (`model-joint/MODEL_CARD.md`), when this run started from it."""
+    card = run / "model-joint" / "MODEL_CARD.md"
+    if not card.is_file():
+        return ["- Stages 1-2 ran in an earlier run whose card is not at hand."]
+    lines, inside = [], False
+    for line in card.read_text().splitlines():
+        if line.startswith("## "):
+            inside = line.strip() == "## Data and recipe"
+            continue
+        if inside and line.strip():
+            lines.append(line)
+    return ["- Stages 1-2 ran in an earlier run (`model-joint/`; from its card):"] + ["  " + x for x in lines]
+
+
+def model_card(folder: Path, run: Path) -> str:
+    """MODEL_CARD.md from the run's log, times, stage-3 settings and the folder's scores.json. A run that started
+    from an earlier run's `model-joint/` (no vision-stage entries in its log) takes stages 1-2's lines from that
+    folder's card, and every joint entry of its log is stage 3's."""
+    config = json.loads((folder / "config.json").read_text())
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    vision_log = [e for e in log if e["stage"] == "vision"]
+    joint_log = [e for e in log if e["stage"] == "joint"] if vision_log else []
+    presence_log = [e for e in log if e["stage"] == "presence" or (not vision_log and e["stage"] == "joint")]
+    times = json.loads((run / "times.json").read_text())
+    stage3 = json.loads((run / "stage3.json").read_text()) if (run / "stage3.json").is_file() else None
+    scores = json.loads((folder / "scores.json").read_text()) if (folder / "scores.json").is_file() else None
+    manifest = json.loads((run / "data" / "grounding" / "manifest.json").read_text())
+    opts, splits = manifest["options"], manifest["splits"]
+    v, size = config["vision_config"], (folder / "model.safetensors").stat().st_size
+
+    def gap_line(entries):
+        gaps = [e for e in entries if "shuffled_gap" in e]
+        steps = ", ".join(f"step {e['step']}: {e['shuffled_gap']:+.3f}" for e in gaps[:: max(1, len(gaps) // 6)])
+        return (f"{steps}; final {gaps[-1]['shuffled_gap']:+.3f} nats (right {gaps[-1]['heldout_ce']:.3f}, "
+                f"shuffled {gaps[-1]['shuffled_ce']:.3f})") if gaps else "not logged"
+
+    parts = [
+        "# The embedded tiny Qwen2.5-VL",
+        "",
+        "A plain Qwen2.5-VL checkpoint folder (official key layout, bf16, "
+        f"{size / 1e6:.1f} MB) trained from scratch by `make tiny-model` (`qwen25vl/recipes/tiny.py`) on the "
+        "grounding engine's synthetic scenes only. It exists to prove the system works end to end and to power "
+        "`make demo`; it is not a useful vision-language model.",
+        "",
+        "## Architecture",
+        f"- ViT {v['hidden_size']} wide x {v['depth']} blocks, window {v['window_size']} px, full attention in "
+        f"blocks {v['fullatt_block_indexes']}, 2x2 merger to {v['out_hidden_size']}; LLM {config['hidden_size']} "
+        f"x {config['num_hidden_layers']} layers ({config['num_attention_heads']} heads, "
+        f"{config['num_key_value_heads']} KV), M-RoPE, vocabulary {config['vocab_size']} (the tiny tokenizer trained "
+        "on the train split's text: digits single tokens, Qwen special tokens at 512..533, official chat template).",
+        "",
+        "## Data and recipe",
+    ]
+    if vision_log:
+        vision = vision_log[-1]
+        parts += [
+            f"- `python -m qwen25vl.data.synth grounding --size {opts['size']} --set max_objects={opts['max_objects']} "
+            f"--set count_query={opts.get('count_query', 'any')} --train {splits['train']['records']} --heldout "
+            f"{splits['heldout']['records']} --seed {manifest['seed']}`: 16 shapes x 12 colours, "
+            f"1-{opts['max_objects']} objects, one question per image cycling detect / refer / point / count / absent "
+            f"(count questions name {'the most frequent' if opts.get('count_query') == 'most' else 'any present'} "
+            "category). Held-out seeds lie in a disjoint range; `make demo` uses a third.",
+            "- Vision-only stage: ViT + merger with a throwaway linear head on every merged 28 px cell (class, colour, "
+            f"box-edge offsets, absolute row and column). At its end: cell class {vision['kind_acc']:.1%}, row "
+            f"{vision['row_acc']:.1%}, column {vision['col_acc']:.1%}, box-edge error "
+            f"{vision.get('edge_err', float('nan')) * 224:.1f} px (at 224 px).",
+            "- Joint training from that ViT (ViT lr 0.2x), the dense losses on the merger output and on LLM layer 1's "
+            "image tokens for the first half, Qwen's default system prompt before the image. The heads are dropped "
+            "at export.",
+            f"- Shuffled-image loss gap on held-out packs (CE with images rolled across a pack minus CE with the right "
+            f"ones): {gap_line(joint_log)}.",
+        ]
+    else:
+        parts += _stage12_lines(run)
+    presence_manifest = run / "data" / "grounding-presence" / "manifest.json"
+    if presence_log and presence_manifest.is_file():
+        pm = json.loads(presence_manifest.read_text())
+        po, ps = pm["options"], pm["splits"]
+        sets = " ".join(f"--set {k}={str(val).lower() if isinstance(val, bool) else val}" for k, val in po.items()
+                        if k in ("max_objects", "count_query", "mix", "text_first"))
+        s3 = stage3 or {}
+        parts += [
+            f"- Stage 3 (presence) data: `python -m qwen25vl.data.synth grounding --size {po['size']} {sets} --train "
+            f"{ps['train']['records'] // 3} --heldout {ps['heldout']['records'] // 3} --seed {pm['seed']}`: new "
+            f"scenes, three records per image ({ps['train']['records']} in all): a present and an absent category on "
+            "the same picture (so only the image tells them apart), then count / refer / point in turn; the "
+            "question before the image, as the official grounding cookbook writes it.",
+            f"- Stage 3 training from the exported stage-2 folder (bf16 weights, trained on in fp32): "
+            f"{s3.get('steps', '?')} steps of {s3.get('batch', '?')} records, lr {s3.get('lr', '?')} (ViT 0.2x), 5% "
+            f"warm-up then cosine to 0.1x; the decision tokens' CE (`[]` or a list, one more entry or the end) counted "
+            f"{s3.get('decision_weight', '?')}x; for the first {s3.get('count_until', 0):.0%} of the steps a "
+            "training-only probe on LLM layer 1 at the position that opens the answer's list predicts how many "
+            "entries follow (0 for an absent category)"
+            + (f"; for the first {s3['match_until']:.0%} a training-only probe on every image token after LLM layer "
+               "1 predicts whether its cell lies on an object of the queried category (detect / count / absent "
+               "queries; the image tokens can read the query because it comes first)" if s3.get("match_until") else "")
+            + ". The probes are dropped at export.",
+            f"- Stage 3 shuffled-image gap on its held-out packs: {gap_line(presence_log)}.",
+        ]
+    refine_log = [e for e in log if e["stage"] == "refine"]
+    refine_manifest = run / "data" / "grounding-refine" / "manifest.json"
+    if refine_log and refine_manifest.is_file():
+        rm = json.loads(refine_manifest.read_text())
+        s4 = json.loads((run / "stage4.json").read_text()) if (run / "stage4.json").is_file() else {}
+        parts += [
+            f"- Stage 4 (refine): {rm['splits']['train']['records'] // 3} fresh scenes of the same mix (engine seed "
+            f"{rm['seed']}), {s4.get('steps', '?')} steps of {s4.get('batch', '?')} records from the stage-3 folder, "
+            f"lr {s4.get('lr', '?')} (ViT 0.2x), 5% warm-up then cosine to 0.1x, decision tokens "
+            f"{s4.get('decision_weight', '?')}x, no probes: a second cosine cycle, since stage 3's figures were still "
+            "rising at its learning-rate floor.",
+            f"- Stage 4 shuffled-image gap on its held-out packs: {gap_line(refine_log)}.",
+        ]
+    parts.append(
+        "- Time on one thread of the shared 2-core CPU: "
+        + ", ".join(f"{label} {times[key] / 60:.1f} min" for key, label in (
+            ("data_and_tokenizer_s", "data + tokenizer"), ("vision_s", "vision stage"), ("joint_s", "joint stage"),
+            ("presence_data_s", "stage-3 data"), ("presence_s", "stage 3"), ("refine_s", "stage 4 with its data"),
+            ("heldout_eval_s", "held-out scoring"))
+            if key in times) + ".")
+    if scores:
+        order = " (each question asked before its image)" if scores.get("text_first") else ""
+        parts += ["", "## Held-out scores", "",
+                  f"{scores['heldout']} held-out records{order}, greedy decoding, "
+                  "`python -m qwen25vl.recipes.tiny_eval --model qwen25vl/assets/tiny-model "
+                  f"--data build/tiny/data/grounding{' --text-first' if scores.get('text_first') else ''}`. Baselines "
+                  "are fitted on the train split: the best constant box "
+                  f"{scores['fitted_baselines']['box']}, the best constant point "
+                  f"{scores['fitted_baselines']['point']}, the majority count "
+                  f"{scores['fitted_baselines']['majority_count']}; always `[]` for absent queries (which scores 0 on "
+                  "every present one: the presence row is the fair comparison). An ability is called reliable at "
+                  f"{RELIABLE_SIGMAS:.0f}+ standard errors above its baseline and right at least half the time; "
+                  "3+ standard errors but wrong most of the time reads 'above chance, unreliable'.", "",
+                  score_table(scores["scores"])]
+        if scores.get("task_gaps"):
+            parts += ["", "Shuffled-image gap per task on these records (`--gaps`): " + ", ".join(
+                f"{task} {g['gap']:+.3f}" for task, g in scores["task_gaps"].items()) + " nats per answer token."]
+        c = scores.get("absent_contrast")
+        if c and c.get("n"):
+            parts += ["", "Rolling images cannot test absent queries (the rolled-in scene almost never holds the "
+                      "absent category either, so `[]` stays right): against a held-out image of the same size "
+                      f"that does hold it, the answer `[]` costs {c['gap']:+.3f} ± {c['se']:.3f} nats per token "
+                      f"more than with its own image ({c['n']} pairs; > 0: the model reads the image to answer `[]`)."]
+    return "\n".join(parts) + "\n"
