@@ -375,3 +375,17 @@ def test_max_slot_tokens_bounds_growth_and_refuses_a_request_over_it(vlm):
     assert "".join(e.text for e in got_short if e.kind == "delta") == vlm.chat(
         _conv(1), temperature=0, max_new_tokens=60)
     assert scheduler._cache.max_len == cap and scheduler.cache_allocs == 2
+
+
+def test_slot_shape_starts_at_powers_of_two_and_doubles_the_short_side():
+    from qwen25vl.serve.slots import pow2, slot_shape
+
+    assert [pow2(n) for n in (0, 1, 2, 3, 64, 65)] == [1, 1, 2, 4, 64, 128]
+    kw = dict(floor=(1, 64), most=(32, None))
+    assert slot_shape(None, 3, 50, **kw) == (4, 64)  # first: powers of two, at least the floor
+    assert slot_shape((4, 64), 4, 64, **kw) == (4, 64)  # fits: unchanged
+    assert slot_shape((4, 64), 5, 64, **kw) == (8, 64)  # rows double, slots stay
+    assert slot_shape((4, 64), 4, 65, **kw) == (4, 128)  # slots double, rows stay
+    assert slot_shape((4, 64), 4, 300, **kw) == (4, 512)  # or jump to what is needed
+    assert slot_shape((16, 64), 17, 64, **kw) == (32, 64)  # capped at max_batch
+    assert slot_shape((4, 64), 4, 100, floor=(1, 64), most=(32, 100)) == (4, 100)  # capped at max_slot_tokens

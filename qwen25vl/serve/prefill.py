@@ -90,3 +90,24 @@ def joined_features(pairs: list) -> tuple:
         parts = [embeds[slot] for _, embeds in pairs if embeds[slot] is not None]
         out.append(torch.cat(parts) if parts else None)
     return tuple(out)
+
+
+def encode_vision(model, inputs: list[dict], device, cache=None) -> list[tuple]:
+    """(image features, video features) per request, from one tower call per kind across all of them (features
+    found in `cache`, a VisionCache, are reused); None where a request has none of that kind."""
+    from qwen25vl.generation.vision_cache import encode_items
+
+    out = [[None, None] for _ in inputs]
+    for slot, (kind, pix_key, grid_key) in enumerate(
+            (("image", "pixel_values", "image_grid_thw"), ("video", "pixel_values_videos", "video_grid_thw"))):
+        owners = [i for i, x in enumerate(inputs) if x.get(pix_key) is not None]
+        if not owners:
+            continue
+        pixels = torch.cat([inputs[i][pix_key] for i in owners]).to(device)
+        grids = torch.cat([inputs[i][grid_key] for i in owners]).to(device)
+        feats = encode_items(model, kind, pixels, grids, cache)
+        merge = model.config.vision.spatial_merge_size ** 2
+        sizes = [int(inputs[i][grid_key].prod(-1).sum()) // merge for i in owners]
+        for i, part in zip(owners, torch.split(feats, sizes)):
+            out[i][slot] = part
+    return [tuple(x) for x in out]

@@ -38,11 +38,12 @@ from typing import Callable, Optional
 import torch
 
 from qwen25vl.errors import InputError, Qwen25VLError
-from qwen25vl.generation.vision_cache import VisionCache, encode_items
+from qwen25vl.generation.vision_cache import VisionCache
 from qwen25vl.model.kv_cache import KVCache
-from qwen25vl.serve.prefill import can_batch, chunk_bounds, chunk_inputs, joined_features, padded_batch
+from qwen25vl.serve.prefill import can_batch, chunk_bounds, chunk_inputs, encode_vision, joined_features, padded_batch
 from qwen25vl.serve.row_sampling import RowSampler
 from qwen25vl.serve.rows import Event, GenRequest, Row, emit_all
+from qwen25vl.serve.slots import slot_shape
 
 log = logging.getLogger("qwen25vl.serve")
 
@@ -53,11 +54,6 @@ def _fail_for(request: GenRequest, err: Exception) -> None:
     else:
         log.exception("request failed")
         request.fail(500, "server_error", f"generation failed: {type(err).__name__}: {err}")
-
-
-def _pow2(n: int) -> int:
-    """The smallest power of two >= n (1 for n <= 1): allocations come in few sizes, growth doubles."""
-    return 1 << max(n - 1, 0).bit_length()
 
 
 class QueueFull(Exception):
@@ -235,7 +231,7 @@ class Scheduler:
         taken = self._take_admissible()
         if taken:
             try:
-                embeds = self._encode_vision(taken)
+                embeds = encode_vision(self.model, [r.inputs for r in taken], self.device, self.vision_cache)
             except Exception as err:
                 for request in taken:
                     _fail_for(request, err)
@@ -282,14 +278,9 @@ class Scheduler:
         cache = self._cache
         if cache is not None and rows <= cache.capacity and tokens <= cache.max_len:
             return
-        if cache is None:
-            capacity, length = max(_pow2(rows), self.slot_rows), max(_pow2(tokens), self.slot_tokens)
-        else:
-            capacity = cache.capacity if rows <= cache.capacity else max(rows, 2 * cache.capacity)
-            length = cache.max_len if tokens <= cache.max_len else max(_pow2(tokens), 2 * cache.max_len)
-        capacity = max(rows, min(capacity, self.max_batch))
-        if self.max_slot_tokens is not None:
-            length = max(tokens, min(length, self.max_slot_tokens))
+        capacity, length = slot_shape(None if cache is None else (cache.capacity, cache.max_len), rows, tokens,
+                                      floor=(self.slot_rows, self.slot_tokens),
+                                      most=(self.max_batch, self.max_slot_tokens))
         if cache is None or cache.batch == 0:
             self._cache = None  # nothing to copy: free the old one before allocating
             self._cache = KVCache.for_model(self.model, 0, length, capacity=capacity)
@@ -379,23 +370,6 @@ class Scheduler:
             self._rows += rows[1:]
         tokens, logprobs = self._sample(rows, logits.float()[None].expand(request.n, -1))
         self._deliver(rows, tokens, logprobs, keep=False)  # rows are freed once every join is done
-
-    def _encode_vision(self, requests: list[GenRequest]) -> list[tuple]:
-        """One tower call per kind across all admitted requests; split the features back per request."""
-        out = [[None, None] for _ in requests]
-        for slot, (kind, pix_key, grid_key) in enumerate(
-                (("image", "pixel_values", "image_grid_thw"), ("video", "pixel_values_videos", "video_grid_thw"))):
-            owners = [i for i, r in enumerate(requests) if r.inputs.get(pix_key) is not None]
-            if not owners:
-                continue
-            pixels = torch.cat([requests[i].inputs[pix_key] for i in owners]).to(self.device)
-            grids = torch.cat([requests[i].inputs[grid_key] for i in owners]).to(self.device)
-            feats = encode_items(self.model, kind, pixels, grids, self.vision_cache)
-            merge = self.model.config.vision.spatial_merge_size ** 2
-            sizes = [int(requests[i].inputs[grid_key].prod(-1).sum()) // merge for i in owners]
-            for i, part in zip(owners, torch.split(feats, sizes)):
-                out[i][slot] = part
-        return [tuple(x) for x in out]
 
     def _decode_step(self) -> None:
         decoding = [i for i, r in enumerate(self._rows) if r.prefill is None]
