@@ -1,9 +1,10 @@
 """`make demo`: the embedded tiny model on scenes it never saw.
 
 Renders grounding scenes with the engine from seeds outside its train and held-out ranges, asks the model to locate
-one kind of object (prints the parsed JSON, writes the image with the boxes drawn) and to count them, then says which
-abilities are reliable at the model's measured held-out scores (`scores.json` beside the model, written by
-`qwen25vl.recipes.tiny_eval`).
+one kind of object (prints the parsed JSON, writes the image with the boxes drawn) and to count them, asks it to read
+a rendered word and when an object in a rendered video disappears, then says which abilities are reliable at the
+model's measured held-out scores (`scores.json` beside the model, written by `qwen25vl.recipes.tiny_eval` and
+`qwen25vl.recipes.tiny_skills`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 DEMO_SEED_BASE = 1 << 42  # above the train (from 0) and held-out (from 2**40) seed ranges of every engine seed
 ABILITIES = {"grounding": "locating objects (boxes, acc@IoU 0.5)", "point": "pointing at an object",
              "count": "counting", "presence": "telling present from absent ([] exactly when the object is absent)"}
-# engines exist for these, but the tiny model's recipe trains on grounding scenes only
-UNTRAINED = ("reading text (OCR)", "charts", "documents", "video timestamps", "screen agents")
+# the other engines' abilities, scored by `recipes.tiny_skills` (scores.json's "skills"); stage 5 trains OCR and video
+SKILLS = {"ocr": "reading a word (OCR, exact match)", "video": "video timestamps (mean absolute error, seconds)",
+          "charts": "chart values", "documents": "document layout (block F1 at IoU 0.5)",
+          "agent": "screen agents (click inside the target)"}
 
 
 def render_scene(index: int):
@@ -87,6 +90,39 @@ def run_demo(model=None, out: str | Path = "build/demo", scenes: int = 2) -> lis
     return results
 
 
+def skill_sample(kind: str, index: int, out: Path) -> dict:
+    """An unseen sample of the OCR or video engine (the options stage 5 trained on), written under `out`:
+    {"messages": the question's conversation with absolute media paths, "truth": the reference answer, "media"}."""
+    import random
+
+    from qwen25vl.data.synth import engine as engine_of
+    from qwen25vl.data.synth.common import Media, check_options
+    from qwen25vl.recipes.tiny_data import SKILL_OPTIONS
+
+    engine = engine_of(kind)
+    media = Media(out, "demo", index)
+    (example,) = engine.make_sample(random.Random(DEMO_SEED_BASE + index), media,
+                                    check_options(kind, engine.DEFAULTS, SKILL_OPTIONS[kind]))
+    *question, answer = example.messages
+    for message in question:
+        for part in message["content"] if isinstance(message["content"], list) else ():
+            for key in ("image", "video"):
+                if part.get("type") == key:
+                    part[key] = str((out / part[key]).resolve())
+    return {"messages": question, "truth": answer["content"], "media": str((out / media.written[0]).resolve()),
+            "question": next(p["text"] for p in question[-1]["content"] if p.get("type") == "text")}
+
+
+def run_skills(vlm, out: Path, index: int = 0) -> list[dict]:
+    """An OCR and a video timestamp question on unseen samples: {kind, question, answer, truth, media} each."""
+    results = []
+    for kind, tokens in (("ocr", 16), ("video", 32)):
+        sample = skill_sample(kind, index, out)
+        answer = vlm.chat(sample.pop("messages"), max_new_tokens=tokens, temperature=0.0)
+        results.append({"kind": kind, "answer": answer, **sample})
+    return results
+
+
 def reliability(folder: Path) -> list[str]:
     """Plain sentences on each ability at the measured held-out scores."""
     path = folder / "scores.json"
@@ -94,7 +130,8 @@ def reliability(folder: Path) -> list[str]:
         return ["no measured scores ship with this model: treat every answer as unreliable"]
     from qwen25vl.recipes.tiny_card import verdict
 
-    scores = json.loads(path.read_text())["scores"]
+    measured = json.loads(path.read_text())
+    scores, skills = measured["scores"], measured.get("skills", {})
     lines = []
     for name, what in ABILITIES.items():
         s = scores.get(name)
@@ -102,11 +139,21 @@ def reliability(folder: Path) -> list[str]:
             continue
         lines.append(f"{what}: {verdict(s).upper()} - held-out {s['score']:.0%} +/- {s['se']:.0%} vs trivial baseline "
                      f"{s['baseline']:.0%} (n={s['n']})")
-    lines.append(f"{', '.join(UNTRAINED)}: NOT TRAINED - the tiny model saw grounding scenes only; do not ask it")
+    for name, what in SKILLS.items():
+        s = skills.get(name)
+        if s is None:
+            lines.append(f"{what}: NOT MEASURED - treat its answers as unreliable")
+        elif s.get("lower_is_better"):
+            lines.append(f"{what}: {verdict(s).upper()} - held-out {s['score']:.2f} s +/- {s['se']:.2f} vs trivial "
+                         f"baseline {s['baseline']:.2f} s (n={s['n']})")
+        else:
+            lines.append(f"{what}: {verdict(s).upper()} - held-out {s['score']:.0%} +/- {s['se']:.0%} vs trivial "
+                         f"baseline {s['baseline']:.0%} (n={s['n']})")
     return lines
 
 
 def main(argv=None) -> int:
+    import qwen25vl
     from qwen25vl.generation.paths import model_path
 
     p = argparse.ArgumentParser(prog="python -m qwen25vl.demo", description=__doc__.splitlines()[0])
@@ -124,6 +171,11 @@ def main(argv=None) -> int:
         print(f"as JSON in the frame ({r['clamped']} clamped to the image): {json.dumps(r['json'])}")
         print(f"drawn: {r['drawn']}")
         print(f"how many {r['query']}? the model says {r['count']} (truth {len(r['truth'])})")
+    vlm = qwen25vl.load(folder, device="cpu", threads=1)
+    for r in run_skills(vlm, Path(args.out)):
+        what = "a word never seen in training" if r["kind"] == "ocr" else "a video never seen in training"
+        print(f"\n{what} ({r['media']}): {r['question']}")
+        print(f"the model says {r['answer']!r} (truth {r['truth']!r})")
     print("\nwhat the measured scores say:")
     for line in reliability(folder):
         print(f"  {line}")

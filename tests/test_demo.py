@@ -44,5 +44,36 @@ def test_reliability_says_not_reliable_below_three_standard_errors(tmp_path):
     assert any(line.startswith("locating objects") and "NOT RELIABLE" in line for line in lines)
     assert any(line.startswith("pointing at an object: ABOVE CHANCE, UNRELIABLE") for line in lines)
     assert any(line.startswith("counting: RELIABLE") for line in lines)
-    assert "reading text (OCR)" in lines[-1] and "video timestamps" in lines[-1] and "NOT TRAINED" in lines[-1]
+    assert any(line.startswith("reading a word (OCR") and "NOT MEASURED" in line for line in lines)
     assert "unreliable" in reliability(tmp_path / "missing")[0]
+    skills = {"ocr": {"score": 0.6, "se": 0.03, "baseline": 0.01, "n": 200, "reliable": True},
+              "video": {"score": 1.4, "se": 0.1, "baseline": 2.2, "n": 200, "reliable": True,
+                        "lower_is_better": True, "reliable_below": 1.0},
+              "agent": {"score": 0.05, "se": 0.02, "baseline": 0.04, "n": 100, "reliable": False}}
+    (tmp_path / "scores.json").write_text(json.dumps({"scores": scores, "skills": skills}))
+    lines = reliability(tmp_path)
+    assert any(line.startswith("reading a word (OCR, exact match): RELIABLE") for line in lines)
+    assert any(line.startswith("video timestamps") and "ABOVE CHANCE, UNRELIABLE" in line and "1.40 s" in line
+               for line in lines)  # 3+ s.e. better than the baseline, but off by more than a second
+    assert any(line.startswith("screen agents") and "NOT RELIABLE" in line for line in lines)
+    assert any(line.startswith("chart values: NOT MEASURED") for line in lines)
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="no embedded model")
+def test_demo_asks_an_ocr_and_a_video_question_on_unseen_samples(tmp_path):
+    import av
+
+    from qwen25vl.demo import run_skills
+    from qwen25vl.tasks.video_time import parse_event_spans
+
+    vlm = qwen25vl.load(ASSET, device="cpu", threads=1)
+    ocr, video = run_skills(vlm, tmp_path)
+    assert (ocr["kind"], video["kind"]) == ("ocr", "video")
+    assert isinstance(ocr["answer"], str) and isinstance(video["answer"], str)
+    assert ocr["truth"] and " " not in ocr["truth"]  # one word, as stage 5 trained
+    with av.open(video["media"]) as container:  # the clip lasts past the span the truth states
+        seconds = float(container.duration) / av.time_base
+    (span,) = parse_event_spans(video["truth"]) if "happens" in video["truth"] else [None]
+    assert span is None or 0 <= span.start < span.end <= seconds + 0.05
+    again = run_skills(vlm, tmp_path / "again")
+    assert [r["truth"] for r in again] == [ocr["truth"], video["truth"]]  # the same unseen samples each run

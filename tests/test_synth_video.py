@@ -71,3 +71,24 @@ def test_answers_parse_back_to_the_times(data):
             assert parse_timestamp(answer) == pytest.approx(obj["end"], abs=1e-9)
     assert tasks == {"span", "appear", "disappear", "events"}
     assert {m["truth"]["sample_fps"] for _, m in split} <= {0.5, 1.0, 2.0, 4.0, 8.0}
+
+
+def test_narrowed_options_ask_only_the_chosen_tasks_at_the_chosen_rates(tmp_path):
+    write_dataset("video", tmp_path, train=6, seed=2, size=112, max_seconds=4, max_objects=1, tasks="span,disappear",
+                  sample_fps="1,4", progress=False)
+    split = load_split(tmp_path)
+    assert [m["task"] for _, m in split] == ["span", "disappear"] * 3
+    rates = {r.messages[0]["content"][0]["fps"] for r, _ in split}
+    assert rates <= {1.0, 4.0} and all(len(m["truth"]["moving"]) == 1 for _, m in split)
+    for record, meta in split:
+        if meta["task"] == "disappear":
+            assert parse_timestamp(record.messages[-1]["content"]) == meta["truth"]["moving"][0]["end"]
+
+
+@pytest.mark.parametrize("bad, match", [({"sample_fps": "2,fast"}, "sample_fps"), ({"sample_fps": "0"}, "sample_fps"),
+                                        ({"tasks": "span,dance"}, "not among")])
+def test_bad_task_or_rate_is_an_input_error(tmp_path, bad, match):
+    from qwen25vl.errors import InputError
+
+    with pytest.raises(InputError, match=match):
+        write_dataset("video", tmp_path, train=1, seed=0, size=112, progress=False, **bad)

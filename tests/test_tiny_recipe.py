@@ -1,5 +1,6 @@
 """The tiny model's recipe: dense targets on a hand-made scene, and a CI-sized run of both stages."""
 
+import dataclasses
 import math
 
 import pytest
@@ -270,3 +271,70 @@ def test_match_probe_reads_the_image_tokens_after_layer_1(small_run):
     stats["match_loss"].backward()
     assert loss.match_head.weight.grad.abs().sum() > 0 and vlm.model.norm.weight.grad is None
     assert "match_loss" not in loss(pack)[2]  # no targets, no probe
+
+
+def _mixed_data(tmp_path):
+    """Tiny datasets of every engine beside the small run's grounding (sizes the small model handles fast)."""
+    from qwen25vl.data.synth import write_dataset
+
+    options = {"ocr": {"size": 112, "tasks": "word", "scripts": "latin", "rotate": False, "min_px": 20},
+               "video": {"size": 112, "max_seconds": 4, "max_objects": 1, "sample_fps": "1,2",
+                         "tasks": "span,disappear"},
+               "charts": {"size": 224}, "documents": {"size": 224, "max_blocks": 3}, "agent": {"size": 224}}
+    folders = []
+    for kind, opts in options.items():
+        write_dataset(kind, tmp_path / kind, train=2, heldout=0, seed=4, progress=False, **opts)
+        folders.append(tmp_path / kind)
+    return folders
+
+
+def test_a_mixed_stage_trains_on_every_engine_and_keeps_the_gap(small_run, tmp_path):
+    """Stage 5's path: one joint stage over the grounding folder and every other engine's records (videos
+    included); each engine's CE per answer token falls, and the shuffled-image gap is measured on the grounding
+    held-out packs."""
+    from qwen25vl.data.encoding import Encoder
+    from qwen25vl.data.packing import collate_pack
+    from qwen25vl.recipes.bootstrap import JointLoss
+    from qwen25vl.recipes.tiny import joint_stage, read_split
+
+    vlm, base, data = small_run
+    folders = _mixed_data(tmp_path)
+    encoder = Encoder.from_pretrained(base, config=vlm.config)
+    packs = {f.name: collate_pack([encoder(r) for r in read_split(f, "train")[0]]) for f in folders}
+
+    def ce_per_token() -> dict:
+        with torch.no_grad():
+            return {name: float(JointLoss(vlm)(pack)[0]) / pack.num_targets for name, pack in packs.items()}
+
+    before = ce_per_token()
+    log = []
+    last = joint_stage(vlm, base, [data] + folders, steps=12, batch=16, lr=3e-3, vision_ratio=1.0, dense_until=0.0,
+                       seed=0, log_every=12, log=log.append, stage="skills")
+    after = ce_per_token()
+    assert all(after[k] < 0.9 * before[k] for k in before), (before, after)
+    assert math.isfinite(last["shuffled_gap"]) and last["stage"] == "skills"
+
+
+def test_video_tokens_carry_the_frames_features(small_run, tmp_path):
+    """JointLoss puts the vision tower's video features in the video placeholders: the CE changes when the frames
+    change, and the tower's weights get a gradient from a pack with no image at all."""
+    from qwen25vl.data.encoding import Encoder
+    from qwen25vl.data.packing import collate_pack
+    from qwen25vl.recipes.bootstrap import JointLoss
+    from qwen25vl.recipes.tiny import read_split
+
+    vlm, base, _ = small_run
+    video = _mixed_data(tmp_path)[1]
+    records, _ = read_split(video, "train")
+    encoder = Encoder.from_pretrained(base, config=vlm.config)
+    pack = collate_pack([encoder(r) for r in records])
+    assert pack.pixel_values is None and pack.pixel_values_videos is not None
+    loss_fn = JointLoss(vlm)
+    ce, dense, _ = loss_fn(pack)
+    assert dense is None and math.isfinite(float(ce.detach()))
+    ce.backward()
+    grad = vlm.visual.patch_embed.proj.weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+    with torch.no_grad():
+        noisy = dataclasses.replace(pack, pixel_values_videos=torch.randn_like(pack.pixel_values_videos))
+        assert abs(float(loss_fn(noisy)[0]) - float(ce)) > 1e-4

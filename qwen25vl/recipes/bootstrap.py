@@ -172,8 +172,22 @@ class JointLoss(nn.Module):
         self.probe = DenseHead(width)
         self.probe_layer = min(probe_layer, vlm.config.text.num_hidden_layers - 1)
 
-    def features(self, batch: PackedBatch) -> torch.Tensor:
-        return self.vlm.visual(batch.pixel_values, batch.image_grid_thw)  # (N / 4, C) in token order
+    def features(self, batch: PackedBatch) -> torch.Tensor | None:
+        """The images' merged tokens (N / 4, C) in token order, or None for a pack without images."""
+        if batch.pixel_values is None:
+            return None
+        return self.vlm.visual(batch.pixel_values, batch.image_grid_thw)
+
+    def embed(self, batch: PackedBatch, features: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with the image features (and the videos', encoded here) in their placeholders."""
+        cfg = self.vlm.config
+        embeds = self.vlm.model.embed_tokens(batch.input_ids)
+        if features is not None:
+            embeds = embeds.masked_scatter((batch.input_ids == cfg.image_token_id)[..., None], features)
+        if batch.pixel_values_videos is not None:
+            frames = self.vlm.visual(batch.pixel_values_videos, batch.video_grid_thw)
+            embeds = embeds.masked_scatter((batch.input_ids == cfg.video_token_id)[..., None], frames)
+        return embeds
 
     def decision_extra(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         """(decision_weight - 1) x the summed CE of the decision tokens, or None when there is no weighting."""
@@ -193,7 +207,7 @@ class JointLoss(nn.Module):
         cfg = vlm.config
         features = self.features(batch) if features is None else features
         is_image = batch.input_ids == cfg.image_token_id  # (1, T)
-        embeds = vlm.model.embed_tokens(batch.input_ids).masked_scatter(is_image[..., None], features)
+        embeds = self.embed(batch, features)
         text = vlm.model
         cos, sin = mrope_cos_sin(batch.position_ids, cfg.text.head_dim, cfg.text.rope_theta,
                                  cfg.text.mrope_section, embeds.dtype)
@@ -225,7 +239,7 @@ class JointLoss(nn.Module):
                 hit = (logits > 0).float()
                 more["match_recall"] = float((hit * want).sum() / positives)
                 more["match_precision"] = float((hit * want).sum() / hit.sum().clamp(min=1.0))
-        if targets is None:
+        if targets is None or features is None:
             return ce, None, more
         dense, stats = dense_loss(self.head(features), targets)
         probed, _ = dense_loss(self.probe(probe), targets)

@@ -14,7 +14,12 @@
    follow (0 for an absent category), and a probe on every image token after layer 1 predicting whether its cell lies
    on an object of the queried category (the question comes first, so the image tokens can read it); exported to
    `model-presence/`.
-6. Refine stage: that folder on fresh scenes of the same mix at half the peak rate, no probes; exported to `model/`.
+6. Refine stage: that folder on fresh scenes of the same mix at half the peak rate, no probes; exported to
+   `model-refine/`.
+7. Skills stage: that folder on the OCR and video engines' data (`SKILL_OPTIONS`: large upright Latin words; one
+   object per clip, its span or disappearance asked in seconds at 1-4 fps) beside fresh presence scenes as a
+   grounding replay; exported to `model/`. With `--evaluate`, held-out scores of every engine (`tiny_eval`,
+   `tiny_skills`) land in `model/scores.json`.
 Each stage is skipped when its output exists, so a stopped run continues from the last finished stage.
 """
 
@@ -36,7 +41,9 @@ from qwen25vl.data.packing import collate_pack
 from qwen25vl.recipes.bootstrap import DenseHead, DenseTargets, JointLoss, dense_loss, match_targets, shuffled_gap
 from qwen25vl.train.optim import build_optimizer, warmup_cosine
 from qwen25vl.recipes.tiny_data import (  # noqa: F401  (re-exported: the recipe's names in one place)
-    DATA_OPTIONS, GAP_RECORDS, PRESENCE_OPTIONS, PRESENCE_SEED, REFINE_SEED, Targets, _image_path, count_probe_ids,
+    DATA_OPTIONS, GAP_RECORDS, PRESENCE_OPTIONS, PRESENCE_SEED, REFINE_SEED, SKILL_COUNTS, SKILL_OPTIONS, SKILLS_SEED,
+    Targets,
+    _image_path, count_probe_ids,
     data_options, decision_token_ids, gap_packs, make_base, make_data, read_split)
 
 def tiny_config() -> Qwen25VLConfig:
@@ -95,7 +102,13 @@ def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: floa
     from qwen25vl.data.encoding import Encoder
 
     encoder = Encoder.from_pretrained(base, config=vlm.config)
-    records, metas = read_split(data, "train")
+    folders = [data] if isinstance(data, Path) else list(data)
+    data = folders[0]  # the grounding folder: its held-out packs measure the gap, its scenes give dense targets
+    records, metas = [], []
+    for folder in folders:  # a mix: every folder's train records, shuffled together
+        more_records, more_metas = read_split(folder, "train")
+        records += more_records
+        metas += more_metas
     held_records, held_metas = read_split(data, "heldout")
     gap_set = gap_packs(encoder, held_records, held_metas, GAP_RECORDS)
     targets = Targets(data_options(data))
@@ -174,7 +187,8 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
           joint_batch: int, lr: float, seed: int = 0, log_every: int = 50, threads: int = 1,
           presence_images: int = 8000, presence_steps: int = 5000, presence_lr: float = 1e-3,
           decision_weight: float = 4.0, count_until: float = 0.6, match_until: float = 0.6,
-          refine_steps: int = 3000, refine_lr: float = 5e-4, refine_images: int = 8000) -> Path:
+          refine_steps: int = 3000, refine_lr: float = 5e-4, refine_images: int = 8000,
+          skills_steps: int = 4000, skills_lr: float = 8e-4, skills_counts: dict | None = None) -> Path:
     """The whole chain into `out`. Stages 1-2 end in `out/model-joint` (skipped when it exists); stage 3 loads that
     exported folder (bf16, as it ships) and trains on the presence mix into `out/model`."""
     from qwen25vl.model.vlm import Qwen25VL
@@ -202,6 +216,18 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
                               images=refine_images, decision_weight=decision_weight, seed=seed, log_every=log_every,
                               log=log)
         times["refine_s"] = time.perf_counter() - t
+        times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
+        return skills(folder) if skills_steps > 0 else folder
+
+    def skills(start: Path) -> Path:
+        t = time.perf_counter()
+        counts = {**SKILL_COUNTS, **(skills_counts or {})}
+        (out / "stage5.json").write_text(json.dumps({"steps": skills_steps, "batch": joint_batch, "lr": skills_lr,
+                                                     "decision_weight": decision_weight, "records": counts,
+                                                     "options": SKILL_OPTIONS, "threads": threads}, indent=2))
+        folder = skills_stage(out, base, start, steps=skills_steps, batch=joint_batch, lr=skills_lr, counts=counts,
+                              decision_weight=decision_weight, seed=seed, log_every=log_every, log=log)
+        times["skills_s"] = time.perf_counter() - t
         times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
         return folder
 
@@ -233,7 +259,7 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
         return joint
     if (folder / "model.safetensors").is_file():
         say(f"{folder} exists: stage 3 is done")
-        return refine(folder) if refine_steps > 0 else folder
+        return refine(folder) if refine_steps > 0 else skills(folder) if skills_steps > 0 else folder
     t = time.perf_counter()
     presence = make_data(out / "data" / "grounding-presence", presence_images, max(2, GAP_RECORDS // 3),
                          PRESENCE_SEED, PRESENCE_OPTIONS)
@@ -253,29 +279,53 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
     export(vlm, base, folder)
     times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
     say(f"wrote {folder}; times {times}")
-    return refine(folder) if refine_steps > 0 else folder
+    return refine(folder) if refine_steps > 0 else skills(folder) if skills_steps > 0 else folder
 
 
 def refine_stage(out: Path, base: Path, start: Path, *, steps: int, batch: int, lr: float, images: int,
                  decision_weight: float, seed: int, log_every: int, log) -> Path:
     """Stage 4: the stage-3 folder trained on fresh presence scenes (engine seed `REFINE_SEED`) at a lower peak
     rate, without probes: a second cosine cycle (stage 3's figures were still rising at its learning-rate floor).
-    Exported to `out/model`."""
-    from qwen25vl.model.vlm import Qwen25VL
-
-    folder = out / "model"
+    Exported to `out/model-refine`."""
+    folder = out / "model-refine"
     if (folder / "model.safetensors").is_file():
         say(f"{folder} exists: stage 4 is done")
         return folder
     data = make_data(out / "data" / "grounding-refine", images, max(2, GAP_RECORDS // 3), REFINE_SEED,
                      PRESENCE_OPTIONS)
+    return _continue(out, base, start, data, folder, "refine", steps=steps, batch=batch, lr=lr, seed=seed + 4,
+                     log_every=log_every, log=log, decision_weight=decision_weight)
+
+
+def _continue(out: Path, base: Path, start: Path, data, folder: Path, stage: str, **train) -> Path:
+    """A later stage: `start` loaded in fp32, trained on `data` (no dense loss, no probes, 5% warm-up), exported to
+    `folder` (and to `out/model-partial` every 200 steps)."""
+    from qwen25vl.model.vlm import Qwen25VL
+
     vlm = Qwen25VL.from_pretrained(start, dtype=torch.float32, progress=False)
-    say(f"stage 4 from {start}: {steps} steps on {data}")
-    joint_stage(vlm, base, data, steps=steps, batch=batch, lr=lr, vision_ratio=0.2, dense_until=0.0, seed=seed + 4,
-                log_every=log_every, log=log, decision_weight=decision_weight, warmup=0.05, stage="refine",
-                save=lambda step: export(vlm, base, out / "model-partial"))
+    say(f"stage {stage} from {start}: {train['steps']} steps on {data}")
+    joint_stage(vlm, base, data, vision_ratio=0.2, dense_until=0.0, warmup=0.05, stage=stage,
+                save=lambda step: export(vlm, base, out / "model-partial"), **train)
     export(vlm, base, folder)
     return folder
+
+
+def skills_stage(out: Path, base: Path, start: Path, *, steps: int, batch: int, lr: float, counts: dict,
+                 decision_weight: float, seed: int, log_every: int, log) -> Path:
+    """Stage 5: the stage-4 folder on a mix of the OCR and video engines' data (`SKILL_OPTIONS`) and fresh presence
+    scenes (a replay, so grounding is kept), at `lr` peak, no probes. `counts`: train records per engine (grounding:
+    scenes, three records each). Exported to `out/model`."""
+    folder = out / "model"
+    if (folder / "model.safetensors").is_file():
+        say(f"{folder} exists: stage 5 is done")
+        return folder
+    root = out / "data"
+    mix = [make_data(root / "grounding-skills", counts["grounding"], max(2, GAP_RECORDS // 3), SKILLS_SEED,
+                     PRESENCE_OPTIONS)]
+    for kind in ("ocr", "video"):
+        mix.append(make_data(root / f"{kind}-skills", counts[kind], 64, SKILLS_SEED, SKILL_OPTIONS[kind], kind))
+    return _continue(out, base, start, mix, folder, "skills", steps=steps, batch=batch, lr=lr, seed=seed + 5,
+                     log_every=log_every, log=log, decision_weight=decision_weight)
 
 
 def main(argv=None) -> int:
@@ -302,6 +352,9 @@ def main(argv=None) -> int:
                    help="stage 3: the per-cell query-match probe's share of the steps (0: off)")
     p.add_argument("--refine-steps", type=int, default=3000, help="stage 4 steps on fresh scenes (0: none)")
     p.add_argument("--refine-lr", type=float, default=5e-4)
+    p.add_argument("--skills-steps", type=int, default=4000,
+                   help="stage 5 steps on the OCR + video + grounding mix (0: none)")
+    p.add_argument("--skills-lr", type=float, default=8e-4)
     p.add_argument("--evaluate", action="store_true", help="then score the held-out split (tiny_eval)")
     p.add_argument("--install", help="then copy the model, its scores and model card to this folder")
     args = p.parse_args(argv)
@@ -311,7 +364,8 @@ def main(argv=None) -> int:
                    presence_images=args.presence_images, presence_steps=args.presence_steps,
                    presence_lr=args.presence_lr, decision_weight=args.decision_weight,
                    count_until=args.count_probe_until, match_until=args.match_probe_until,
-                   refine_steps=args.refine_steps, refine_lr=args.refine_lr)
+                   refine_steps=args.refine_steps, refine_lr=args.refine_lr, skills_steps=args.skills_steps,
+                   skills_lr=args.skills_lr)
     if args.evaluate:
         from qwen25vl.recipes.tiny_eval import evaluate
 
@@ -325,6 +379,9 @@ def main(argv=None) -> int:
                                for task, (r, w) in task_gaps(folder, Path(args.out) / "data" / "grounding",
                                                              first_text).items()}
         scores["absent_contrast"] = absent_contrast(folder, Path(args.out) / "data" / "grounding", first_text)
+        from qwen25vl.recipes.tiny_skills import evaluate as evaluate_skills
+
+        scores["skills"] = evaluate_skills(folder, Path(args.out) / "data")
         (folder / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
         times_path = Path(args.out) / "times.json"
         times = json.loads(times_path.read_text())

@@ -14,13 +14,23 @@ def verdict(s: dict) -> str:
     over the baseline but wrong most of the time) or 'not reliable'."""
     if not s["reliable"]:
         return "not reliable"
+    if s.get("lower_is_better"):  # an error (video timestamps, seconds): reliable within `reliable_below`
+        return "reliable" if s["score"] <= s["reliable_below"] else "above chance, unreliable"
     return "reliable" if s["score"] >= 0.5 else "above chance, unreliable"
 
 
+def _verdict_cell(s: dict) -> str:
+    return verdict(s) if verdict(s) == "reliable" else f"**{verdict(s)}**"
+
+
+def _table_head(above: str) -> list[str]:
+    return [f"| ability | n | held-out ± s.e. | trivial baseline | s.e. {above} | verdict |",
+            "|---|---|---|---|---|---|"]
+
+
 def _row(name: str, s: dict) -> str:
-    verdict_text = verdict(s) if verdict(s) == "reliable" else f"**{verdict(s)}**"
     return (f"| {name} | {s['n']} | {s['score']:.1%} ± {s['se']:.1%} | {s['baseline']:.1%} | "
-            f"{s['sigmas']:+.1f} | {verdict_text} |")
+            f"{s['sigmas']:+.1f} | {_verdict_cell(s)} |")
 
 
 SCORE_NAMES = {"grounding": "grounding acc@IoU 0.5 (detect + refer)", "point": "pointing inside the object",
@@ -29,17 +39,18 @@ SCORE_NAMES = {"grounding": "grounding acc@IoU 0.5 (detect + refer)", "point": "
 
 
 def score_table(scores: dict) -> str:
-    lines = ["| ability | n | held-out ± s.e. | trivial baseline | s.e. above | verdict |",
-             "|---|---|---|---|---|---|"]
+    lines = _table_head("above")
     lines += [_row(SCORE_NAMES[k], v) for k, v in scores.items() if k in SCORE_NAMES]
     return "\n".join(lines)
 
 
-def _stage12_lines(run: Path) -> list[str]:
-    """Stages 1-2's lines of an earlier run's card (`model-joint/MODEL_CARD.md`), when this run started from it."""
-    card = run / "model-joint" / "MODEL_CARD.md"
-    if not card.is_file():
-        return ["- Stages 1-2 ran in an earlier run whose card is not at hand."]
+def _earlier_lines(run: Path) -> list[str]:
+    """The recipe lines of an earlier run's card, when this run started from that run's exported folder (the
+    latest stage folder holding a MODEL_CARD.md: `model-refine/`, `model-presence/` or `model-joint/`)."""
+    card = next((run / name / "MODEL_CARD.md" for name in ("model-refine", "model-presence", "model-joint")
+                 if (run / name / "MODEL_CARD.md").is_file()), None)
+    if card is None:
+        return ["- The stages before this run's ran in an earlier run whose card is not at hand."]
     lines, inside = [], False
     for line in card.read_text().splitlines():
         if line.startswith("## "):
@@ -47,7 +58,8 @@ def _stage12_lines(run: Path) -> list[str]:
             continue
         if inside and line.strip():
             lines.append(line)
-    return ["- Stages 1-2 ran in an earlier run (`model-joint/`; from its card):"] + ["  " + x for x in lines]
+    return [f"- The stages before this run's ran in earlier runs (from the card of `{card.parent.name}/`, the folder "
+            "this run started from):"] + ["  " + x for x in lines]
 
 
 def model_card(folder: Path, run: Path) -> str:
@@ -77,8 +89,10 @@ def model_card(folder: Path, run: Path) -> str:
         "",
         "A plain Qwen2.5-VL checkpoint folder (official key layout, bf16, "
         f"{size / 1e6:.1f} MB) trained from scratch by `make tiny-model` (`qwen25vl/recipes/tiny.py`) on the "
-        "grounding engine's synthetic scenes only. It exists to prove the system works end to end and to power "
-        "`make demo`; it is not a useful vision-language model.",
+        "grounding engine's synthetic scenes" + (", then on the OCR and video engines' data beside a grounding "
+                                                 "replay" if any(e["stage"] == "skills" for e in log) else " only")
+        + ". It exists to prove the system works end to end and to power `make demo`; it is not a useful "
+        "vision-language model.",
         "",
         "## Architecture",
         f"- ViT {v['hidden_size']} wide x {v['depth']} blocks, window {v['window_size']} px, full attention in "
@@ -109,7 +123,7 @@ def model_card(folder: Path, run: Path) -> str:
             f"ones): {gap_line(joint_log)}.",
         ]
     else:
-        parts += _stage12_lines(run)
+        parts += _earlier_lines(run)
     presence_manifest = run / "data" / "grounding-presence" / "manifest.json"
     if presence_log and presence_manifest.is_file():
         pm = json.loads(presence_manifest.read_text())
@@ -148,12 +162,15 @@ def model_card(folder: Path, run: Path) -> str:
             "rising at its learning-rate floor.",
             f"- Stage 4 shuffled-image gap on its held-out packs: {gap_line(refine_log)}.",
         ]
+    parts += _skills_lines(run, [e for e in log if e["stage"] == "skills"], gap_line)
+    stage5 = json.loads((run / "stage5.json").read_text()) if (run / "stage5.json").is_file() else {}
+    threads = stage5.get("threads", 1)
     parts.append(
-        "- Time on one thread of the shared 2-core CPU: "
+        f"- Time on {'one thread' if threads == 1 else f'{threads} threads'} of the shared 2-core CPU: "
         + ", ".join(f"{label} {times[key] / 60:.1f} min" for key, label in (
             ("data_and_tokenizer_s", "data + tokenizer"), ("vision_s", "vision stage"), ("joint_s", "joint stage"),
             ("presence_data_s", "stage-3 data"), ("presence_s", "stage 3"), ("refine_s", "stage 4 with its data"),
-            ("heldout_eval_s", "held-out scoring"))
+            ("skills_s", "stage 5 with its data"), ("heldout_eval_s", "held-out scoring"))
             if key in times) + ".")
     if scores:
         order = " (each question asked before its image)" if scores.get("text_first") else ""
@@ -178,4 +195,60 @@ def model_card(folder: Path, run: Path) -> str:
                       "absent category either, so `[]` stays right): against a held-out image of the same size "
                       f"that does hold it, the answer `[]` costs {c['gap']:+.3f} ± {c['se']:.3f} nats per token "
                       f"more than with its own image ({c['n']} pairs; > 0: the model reads the image to answer `[]`)."]
+    if scores and scores.get("skills"):
+        parts += ["", "## Held-out scores of the other engines", "",
+                  "`python -m qwen25vl.recipes.tiny_skills --model qwen25vl/assets/tiny-model --data build/tiny/data`: "
+                  "held-out samples of each engine (engine seed 7, never drawn by a training stage), greedy decoding, "
+                  "each beside its trivial baseline fitted on that dataset's train split. OCR and video use the "
+                  "options stage 5 trained on; charts, documents and agent screens the engines' defaults (at 448 px; "
+                  "never trained on). A timestamp error is called reliable at 3+ standard errors below its baseline "
+                  "and within 1 s.", "", skills_table(scores["skills"])]
     return "\n".join(parts) + "\n"
+
+
+SKILL_NAMES = {"ocr": "OCR word exact match", "charts": "chart value accuracy (relaxed 5%)",
+               "documents": "document block F1 at IoU 0.5", "video": "video timestamp mean absolute error",
+               "agent": "agent click inside the target"}
+SKILL_BASELINES = {"ocr": "the most frequent word", "charts": "the most frequent value answer",
+                   "documents": "one block at the best constant box", "video": "the mean times",
+                   "agent": "the screen centre"}
+
+
+def skills_table(skills: dict) -> str:
+    lines = _table_head("better")
+    for kind, s in skills.items():
+        v = _verdict_cell(s)
+        if s.get("lower_is_better"):
+            score, base = f"{s['score']:.2f} s ± {s['se']:.2f}", f"{s['baseline']:.2f} s ({SKILL_BASELINES[kind]})"
+        else:
+            score, base = f"{s['score']:.1%} ± {s['se']:.1%}", f"{s['baseline']:.1%} ({SKILL_BASELINES[kind]})"
+        lines.append(f"| {SKILL_NAMES[kind]} | {s['n']} | {score} | {base} | {s['sigmas']:+.1f} | {v} |")
+    return "\n".join(lines)
+
+
+def _skills_lines(run: Path, entries: list, gap_line) -> list[str]:
+    """Stage 5's recipe lines (its data commands, settings and gap), when the run has it."""
+    stage5 = run / "stage5.json"
+    if not entries or not stage5.is_file():
+        return []
+    s5 = json.loads(stage5.read_text())
+
+    def command(kind: str) -> str:
+        m = json.loads((run / "data" / f"{kind}-skills" / "manifest.json").read_text())
+        sets = " ".join(f"--set {k}={str(v).lower() if isinstance(v, bool) else v}"
+                        for k, v in m["options"].items() if k in s5["options"].get(kind, {}) and k != "size")
+        return (f"`python -m qwen25vl.data.synth {kind} --size {m['options']['size']} {sets} --train "
+                f"{m['splits']['train']['samples']} --seed {m['seed']}`")
+
+    records = s5["records"]
+    return [
+        f"- Stage 5 (skills) data: {command('ocr')} (large upright Latin words; the tiny tokenizer holds Latin "
+        f"merges only), {command('video')} (one object per clip; its span or its disappearance asked in seconds; "
+        "sampled at 1, 2 or 4 fps, so the answer must come from the frames' absolute-time M-RoPE positions, not from "
+        f"counting frames), and {records['grounding']} fresh presence scenes (three records each) as a grounding "
+        "replay.",
+        f"- Stage 5 training from the stage-4 folder: {s5['steps']} steps of {s5['batch']} records drawn from the "
+        f"shuffled mix, lr {s5['lr']} (ViT 0.2x), 5% warm-up then cosine to 0.1x, grounding decision tokens "
+        f"{s5['decision_weight']}x, no probes.",
+        f"- Stage 5 shuffled-image gap on grounding held-out packs: {gap_line(entries)}.",
+    ]

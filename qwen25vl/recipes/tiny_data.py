@@ -17,16 +17,26 @@ DATA_OPTIONS = {"size": 224, "max_objects": 4, "count_query": "most"}
 PRESENCE_OPTIONS = {**DATA_OPTIONS, "mix": "presence", "text_first": True}
 PRESENCE_SEED = 1
 REFINE_SEED = 2  # stage 4's fresh scenes
+# stage 5's skills beside a grounding replay: large upright Latin words to read (the tiny tokenizer holds Latin
+# merges only) and 112 px videos of one object whose span or disappearance is asked in seconds, sampled at 1, 2 or
+# 4 fps (so the answer must come from the frames' absolute-time positions, not from counting frames)
+SKILL_OPTIONS = {
+    "ocr": {"size": 224, "tasks": "word", "rotate": False, "scripts": "latin", "min_px": 22, "max_px": 40},
+    "video": {"size": 112, "tasks": "span,disappear", "sample_fps": "1,2,4", "max_objects": 1, "max_seconds": 8},
+}
+SKILLS_SEED = 5  # stage 5's engine seed (fresh grounding scenes too)
+SKILL_COUNTS = {"grounding": 3000, "ocr": 12000, "video": 6000}  # train records (grounding: scenes, 3 records each)
 GAP_RECORDS = 96  # held-out records whose packs measure the shuffled-image gap
 
 
 # --- 1. data and tokenizer ---------------------------------------------------------------------------------------
 
-def make_data(root: Path, train: int, heldout: int, seed: int = 0, options: dict | None = None) -> Path:
+def make_data(root: Path, train: int, heldout: int, seed: int = 0, options: dict | None = None,
+              kind: str = "grounding") -> Path:
     from qwen25vl.data.synth import write_dataset
 
     if not (root / "manifest.json").is_file():
-        write_dataset("grounding", root, train=train, heldout=heldout, seed=seed, progress=False,
+        write_dataset(kind, root, train=train, heldout=heldout, seed=seed, progress=False,
                       **(DATA_OPTIONS if options is None else options))
     return root
 

@@ -284,10 +284,14 @@ def main(argv=None) -> int:
         print(f"absent, against an image that holds the category ({c['n']} pairs): right {c['right']:.4f} "
               f"contrast {c['contrast']:.4f} gap {c['gap']:+.4f} (s.e. {c['se']:.4f} over pairs)")
         return 0
-    result = evaluate(Path(args.model), Path(args.data), args.limit, text_first=args.text_first)
+    return emit(evaluate(Path(args.model), Path(args.data), args.limit, text_first=args.text_first), args.out)
+
+
+def emit(result: dict, out: str | None) -> int:
+    """Print the scores as JSON (and write them to `out` when given); the exit status."""
     text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if out:
+        Path(out).write_text(text + "\n")
     print(text)
     return 0
 

@@ -116,6 +116,15 @@ def check_options(kind: str, defaults: dict, given: dict) -> dict:
     return options
 
 
+def chosen(kind: str, value: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated option's names, each one of `known` (an InputError names the bad one)."""
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise InputError(f"synth {kind}: option values {bad or [value]} are not among {list(known)}")
+    return names
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

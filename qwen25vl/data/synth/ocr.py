@@ -8,13 +8,14 @@ import random
 
 from PIL import Image
 
-from qwen25vl.data.synth.common import Example, image_part, single_turn
+from qwen25vl.data.synth.common import Example, chosen, image_part, single_turn
 from qwen25vl.data.synth.draw import (COLOURS, FONT_FILES, GRID, background, contrasting, font, jitter,
                                       mask_box, text_mask)
-from qwen25vl.data.synth.words import phrase, word
+from qwen25vl.data.synth.words import SCRIPTS, phrase, word
 from qwen25vl.tasks.ocr import OCR_PROMPT
 
-DEFAULTS = {"size": 448, "max_lines": 10}
+DEFAULTS = {"size": 448, "max_lines": 10, "tasks": "word,line,page", "rotate": True, "scripts": "all",
+            "min_px": 14, "max_px": 44}
 TASKS = ("word", "line", "page")
 _MARGIN = 8
 
@@ -37,11 +38,11 @@ def _paper(rng: random.Random, size) -> tuple[Image.Image, tuple]:
     return image, jitter(rng, COLOURS[contrasting(rng, colours, min_distance=160)], 8)
 
 
-def _single(rng: random.Random, text: str, size_cap: int, rotate: bool):
+def _single(rng: random.Random, text: str, size_cap: int, rotate: bool, px_range=(14, 44)):
     """One word or line on a canvas just large enough (sides on the grid, at most `size_cap`)."""
     font_name = rng.choice(tuple(FONT_FILES))
     angle = rng.choice((0, 0, rng.uniform(-25, 25), 90, -90)) if rotate else rng.uniform(-4, 4)
-    px = rng.randint(14, 44)
+    px = rng.randint(*px_range)
     mask = _mask(text, font_name, px, angle)
     while max(mask.size) + 2 * _MARGIN > size_cap:  # smaller type first, then fewer words
         if px > 12:
@@ -94,13 +95,21 @@ def _page(rng: random.Random, size_cap: int, max_lines: int):
 
 
 def make_sample(rng: random.Random, media, options: dict) -> list[Example]:
-    task = TASKS[media.index % len(TASKS)]
+    """Options beyond the defaults narrow the mix (the tiny model's recipe reads large upright Latin words):
+    `tasks` (comma list of word, line, page; sample i takes the (i mod n)-th), `rotate` (words may turn),
+    `scripts` ('all' or a comma list of latin, accented, greek, cyrillic), `min_px` / `max_px` (type size)."""
+    tasks = chosen("ocr", options["tasks"], TASKS)
+    task = tasks[media.index % len(tasks)]
+    scripts = None if options["scripts"] == "all" else chosen("ocr", options["scripts"], tuple(SCRIPTS))
+    px_range = (min(options["min_px"], options["max_px"]), options["max_px"])
     lines = []
     if task == "page":
         image, lines = _page(rng, options["size"], options["max_lines"])
     if not lines:
-        text = word(rng) if task == "word" else phrase(rng, 2, 6)
-        image, lines = _single(rng, text, options["size"], rotate=task == "word")
+        script = None if scripts is None else rng.choice(scripts) if len(scripts) > 1 else scripts[0]
+        text = word(rng, script) if task == "word" else phrase(rng, 2, 6, script)
+        image, lines = _single(rng, text, options["size"], rotate=task == "word" and options["rotate"],
+                               px_range=px_range)
     lines = [(t, b) for t, b in lines if b is not None]
     path = media.image(image)
     answer = "\n".join(t for t, _ in lines)

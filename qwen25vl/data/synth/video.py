@@ -12,11 +12,12 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw
 
-from qwen25vl.data.synth.common import Example, single_turn, video_part
+from qwen25vl.data.synth.common import Example, chosen, single_turn, video_part
 from qwen25vl.data.synth.draw import COLOURS, distance, frame_size
 from qwen25vl.tasks.video_time import DENSE_CAPTION_PROMPT, format_timestamp, video_grounding_prompt
 
-DEFAULTS = {"size": 224, "max_seconds": 12, "max_objects": 3}
+DEFAULTS = {"size": 224, "max_seconds": 12, "max_objects": 3, "tasks": "span,appear,disappear,events",
+            "sample_fps": "0.5,1,2,4,8"}
 TASKS = ("span", "appear", "disappear", "events")
 VIDEO_FPS = (5, 10, 15, 20, 25, 30)
 SAMPLE_FPS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -112,15 +113,30 @@ def question(rng: random.Random, task: str, objects: list[dict]) -> tuple[str, s
     return DENSE_CAPTION_PROMPT, "```json\n" + json.dumps(events, ensure_ascii=False, indent=2) + "\n```"
 
 
+def _sampling_rates(value: str) -> tuple[float, ...]:
+    from qwen25vl.errors import InputError
+
+    try:
+        rates = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        rates = ()
+    if not rates or any(not 0.1 <= r <= 30 for r in rates):
+        raise InputError(f"synth video: option sample_fps must be a comma list of rates in [0.1, 30], got {value!r}")
+    return rates
+
+
 def make_sample(rng: random.Random, media, options: dict) -> list[Example]:
+    """Options narrow the mix: `tasks` (comma list of span, appear, disappear, events; sample i takes the
+    (i mod n)-th) and `sample_fps` (comma list of the rates the model samples at)."""
+    tasks = chosen("video", options["tasks"], TASKS)
     size = frame_size(rng, options["size"], min_ratio=0.5)
     seconds = rng.randint(min(4, options["max_seconds"]), options["max_seconds"])
-    fps, sample_fps = rng.choice(VIDEO_FPS), rng.choice(SAMPLE_FPS)
+    fps, sample_fps = rng.choice(VIDEO_FPS), rng.choice(_sampling_rates(options["sample_fps"]))
     paper = tuple(rng.randint(200, 250) for _ in range(3))
     objects = plan(rng, size, seconds, options["max_objects"], paper)
     full, relative = media.path("video.mp4")
     encode(full, render(objects, fps, seconds, size, paper), fps, size)
-    task = TASKS[media.index % len(TASKS)]
+    task = tasks[media.index % len(tasks)]
     prompt, answer = question(rng, task, objects)
     truth = {"fps": fps, "frames": fps * seconds, "seconds": seconds, "sample_fps": sample_fps,
              "paper": list(paper), "objects": [], "moving": objects, "video_size": list(size)}
