@@ -116,7 +116,7 @@ def skill_sample(kind: str, index: int, out: Path) -> dict:
 def run_skills(vlm, out: Path, index: int = 0) -> list[dict]:
     """An OCR and a video timestamp question on unseen samples: {kind, question, answer, truth, media} each."""
     results = []
-    for kind, tokens in (("ocr", 16), ("video", 32)):
+    for kind, tokens in (("ocr", 16), ("video", 48)):
         sample = skill_sample(kind, index, out)
         answer = vlm.chat(sample.pop("messages"), max_new_tokens=tokens, temperature=0.0)
         results.append({"kind": kind, "answer": answer, **sample})
@@ -139,8 +139,11 @@ def reliability(folder: Path) -> list[str]:
             continue
         lines.append(f"{what}: {verdict(s).upper()} - held-out {s['score']:.0%} +/- {s['se']:.0%} vs trivial baseline "
                      f"{s['baseline']:.0%} (n={s['n']})")
+    from qwen25vl.recipes.tiny_data import SKILL_OPTIONS
+
     for name, what in SKILLS.items():
         s = skills.get(name)
+        what = what if name in SKILL_OPTIONS else f"{what}, never trained on"
         if s is None:
             lines.append(f"{what}: NOT MEASURED - treat its answers as unreliable")
         elif s.get("lower_is_better"):
@@ -173,7 +176,8 @@ def main(argv=None) -> int:
         print(f"how many {r['query']}? the model says {r['count']} (truth {len(r['truth'])})")
     vlm = qwen25vl.load(folder, device="cpu", threads=1)
     for r in run_skills(vlm, Path(args.out)):
-        what = "a word never seen in training" if r["kind"] == "ocr" else "a video never seen in training"
+        what = "a rendered word (an image never seen in training)" if r["kind"] == "ocr" else \
+            "a video never seen in training"
         print(f"\n{what} ({r['media']}): {r['question']}")
         print(f"the model says {r['answer']!r} (truth {r['truth']!r})")
     print("\nwhat the measured scores say:")

@@ -20,19 +20,25 @@ def test_demo_seeds_lie_outside_the_train_and_held_out_ranges():
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="no embedded model")
 def test_demo_answer_parses_as_grounding_json_inside_the_image(tmp_path):
+    """The demo's default scenes: every answer is a fenced JSON list the grounding parser reads, what the demo
+    prints holds the same boxes clamped into the frame, and at least one scene's answer locates something (the model
+    misses some scenes: its grounding score is well under 100%, and the demo shows those misses as they are)."""
     from PIL import Image
 
     from qwen25vl.tasks.grounding import parse_grounding
 
-    (result,) = run_demo(out=tmp_path, scenes=1)
-    assert parse_grounding(result["answer"]).boxes, result["answer"]  # the model's own text parses
-    parsed = parse_grounding(json.dumps(result["json"]))  # and what the demo prints, clamped to the frame
-    w, h = result["size"]
-    assert len(parsed.boxes) == len(parse_grounding(result["answer"]).boxes)
-    assert all(0 <= b[0] <= b[2] < w and 0 <= b[1] <= b[3] < h for b in parsed.boxes)
-    assert result["inside_image"] == (result["clamped"] == 0)
-    assert Image.open(result["drawn"]).size[0] >= w
-    assert isinstance(result["count"], int)
+    results = run_demo(out=tmp_path)
+    assert len(results) == 2
+    for result in results:
+        assert result["answer"].startswith("```json\n[") and result["answer"].rstrip().endswith("```")
+        parsed = parse_grounding(json.dumps(result["json"]))  # what the demo prints, clamped to the frame
+        w, h = result["size"]
+        assert len(parsed.boxes) == len(parse_grounding(result["answer"]).boxes)
+        assert all(0 <= b[0] <= b[2] < w and 0 <= b[1] <= b[3] < h for b in parsed.boxes)
+        assert result["inside_image"] == (result["clamped"] == 0)
+        assert Image.open(result["drawn"]).size[0] >= w
+        assert isinstance(result["count"], int)
+    assert any(parse_grounding(r["answer"]).boxes for r in results), [r["answer"] for r in results]
 
 
 def test_reliability_says_not_reliable_below_three_standard_errors(tmp_path):
@@ -56,7 +62,7 @@ def test_reliability_says_not_reliable_below_three_standard_errors(tmp_path):
     assert any(line.startswith("video timestamps") and "ABOVE CHANCE, UNRELIABLE" in line and "1.40 s" in line
                for line in lines)  # 3+ s.e. better than the baseline, but off by more than a second
     assert any(line.startswith("screen agents") and "NOT RELIABLE" in line for line in lines)
-    assert any(line.startswith("chart values: NOT MEASURED") for line in lines)
+    assert any(line.startswith("chart values, never trained on: NOT MEASURED") for line in lines)
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="no embedded model")

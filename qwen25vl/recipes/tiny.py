@@ -212,11 +212,13 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
         (out / "stage4.json").write_text(json.dumps({"steps": refine_steps, "batch": joint_batch, "lr": refine_lr,
                                                      "decision_weight": decision_weight, "images": refine_images},
                                                     indent=2))
+        ran = not (out / "model-refine" / "model.safetensors").is_file()
         folder = refine_stage(out, base, start, steps=refine_steps, batch=joint_batch, lr=refine_lr,
                               images=refine_images, decision_weight=decision_weight, seed=seed, log_every=log_every,
                               log=log)
-        times["refine_s"] = time.perf_counter() - t
-        times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
+        if ran:  # a stage found done keeps the time it took (or none, when an earlier run made its folder)
+            times["refine_s"] = time.perf_counter() - t
+            times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
         return skills(folder) if skills_steps > 0 else folder
 
     def skills(start: Path) -> Path:
@@ -225,10 +227,12 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
         (out / "stage5.json").write_text(json.dumps({"steps": skills_steps, "batch": joint_batch, "lr": skills_lr,
                                                      "decision_weight": decision_weight, "records": counts,
                                                      "options": SKILL_OPTIONS, "threads": threads}, indent=2))
+        ran = not (out / "model" / "model.safetensors").is_file()
         folder = skills_stage(out, base, start, steps=skills_steps, batch=joint_batch, lr=skills_lr, counts=counts,
                               decision_weight=decision_weight, seed=seed, log_every=log_every, log=log)
-        times["skills_s"] = time.perf_counter() - t
-        times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
+        if ran:
+            times["skills_s"] = time.perf_counter() - t
+            times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
         return folder
 
     t = time.perf_counter()
