@@ -14,3 +14,18 @@ def test_data_synth_from_the_main_cli(tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())
     captured = capsys.readouterr()
     assert "wrote 5 samples" in captured.out + captured.err
+
+
+def test_set_reads_false_as_false_and_rejects_other_words(tmp_path):
+    """`--set rotate=false` must turn rotation off (a plain bool('false') is True), as the model card's commands
+    write it; a value that is no boolean word is an error naming the option."""
+    import pytest
+
+    from qwen25vl.data.synth.cli import _options
+    from qwen25vl.errors import InputError
+
+    assert _options("ocr", ["rotate=false", "tasks=word"], 224) == {"size": 224, "rotate": False, "tasks": "word"}
+    assert _options("ocr", ["rotate=True"], None) == {"rotate": True}
+    assert _options("grounding", ["text_first=no"], None) == {"text_first": False}
+    with pytest.raises(InputError, match="rotate must be a bool"):
+        _options("ocr", ["rotate=sometimes"], None)

@@ -86,3 +86,10 @@ def test_skills_table_writes_seconds_for_the_timestamp_error_and_flags_unreliabl
     assert "1.25 s ± 0.08" in rows[1] and "2.00 s (the mean times)" in rows[1]
     assert "**above chance, unreliable**" in rows[1]  # better than the mean times, but off by more than 1 s
     assert rows[2].endswith("| +0.5 | **not reliable** |")
+
+
+def test_cli_refuses_an_unknown_kind_before_loading_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        sk.main(["--model", str(tmp_path / "none"), "--data", str(tmp_path), "--kinds", "ocr,poems"])
+    assert stop.value.code == 2 and "poems" in capsys.readouterr().err
+    assert not (tmp_path / "eval-ocr").exists()

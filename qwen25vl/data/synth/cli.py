@@ -28,6 +28,16 @@ def register_synth(subparsers) -> None:
     p.set_defaults(func=cmd_synth)
 
 
+_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _parse_bool(value: str) -> bool:
+    """'true' / 'false' (also yes / no, 1 / 0, any case); `bool('false')` would be True."""
+    if value.strip().lower() not in _BOOLS:
+        raise ValueError(value)
+    return _BOOLS[value.strip().lower()]
+
+
 def _options(kind: str, pairs: list[str], size: int | None) -> dict:
     from qwen25vl.data.synth import engine
 
@@ -38,7 +48,7 @@ def _options(kind: str, pairs: list[str], size: int | None) -> dict:
         if not sep or key not in defaults:
             raise InputError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {sorted(defaults)}")
         try:
-            options[key] = type(defaults[key])(value)
+            options[key] = _parse_bool(value) if isinstance(defaults[key], bool) else type(defaults[key])(value)
         except ValueError:
             raise InputError(f"--set {pair!r}: {key} must be a {type(defaults[key]).__name__}") from None
     return options
