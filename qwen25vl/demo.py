@@ -60,15 +60,20 @@ def clamp_to_image(result, size: tuple[int, int]):
     return items, moved
 
 
-def run_demo(model=None, out: str | Path = "build/demo", scenes: int = 2) -> list[dict]:
-    """Locate and count on `scenes` unseen scenes; returns one dict per scene (answers, parsed JSON, files)."""
+def load_model(model=None):
     import qwen25vl
     from qwen25vl.generation.paths import model_path
+
+    return qwen25vl.load(model_path(model), device="cpu", threads=1)
+
+
+def run_demo(model=None, out: str | Path = "build/demo", scenes: int = 2, vlm=None) -> list[dict]:
+    """Locate and count on `scenes` unseen scenes (with `vlm`, or the model folder `model` loaded); returns one dict
+    per scene (answers, parsed JSON, files)."""
     from qwen25vl.tasks.draw import draw_groundings
     from qwen25vl.tasks.grounding import grounding_prompt, parse_grounding
 
-    folder = model_path(model)
-    vlm = qwen25vl.load(folder, device="cpu", threads=1)
+    vlm = vlm or load_model(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -103,12 +108,10 @@ def skill_sample(kind: str, index: int, out: Path) -> dict:
     media = Media(out, "demo", index)
     (example,) = engine.make_sample(random.Random(DEMO_SEED_BASE + index), media,
                                     check_options(kind, engine.DEFAULTS, SKILL_OPTIONS[kind]))
+    from qwen25vl.recipes.tiny_eval import resolve_media
+
     *question, answer = example.messages
-    for message in question:
-        for part in message["content"] if isinstance(message["content"], list) else ():
-            for key in ("image", "video"):
-                if part.get("type") == key:
-                    part[key] = str((out / part[key]).resolve())
+    question = resolve_media(question, out)
     return {"messages": question, "truth": answer["content"], "media": str((out / media.written[0]).resolve()),
             "question": next(p["text"] for p in question[-1]["content"] if p.get("type") == "text")}
 
@@ -156,7 +159,6 @@ def reliability(folder: Path) -> list[str]:
 
 
 def main(argv=None) -> int:
-    import qwen25vl
     from qwen25vl.generation.paths import model_path
 
     p = argparse.ArgumentParser(prog="python -m qwen25vl.demo", description=__doc__.splitlines()[0])
@@ -167,14 +169,14 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     folder = model_path(args.model)
     print(f"model: {folder}")
-    for i, r in enumerate(run_demo(folder, args.out, args.scenes)):
+    vlm = load_model(folder)
+    for i, r in enumerate(run_demo(folder, args.out, args.scenes, vlm=vlm)):
         print(f"\nscene {i} ({r['size'][0]}x{r['size'][1]}, never seen in training): locate every {r['query']}")
         print(r["answer"])
         print(f"truth (from the engine): {r['truth']}")
         print(f"as JSON in the frame ({r['clamped']} clamped to the image): {json.dumps(r['json'])}")
         print(f"drawn: {r['drawn']}")
         print(f"how many {r['query']}? the model says {r['count']} (truth {len(r['truth'])})")
-    vlm = qwen25vl.load(folder, device="cpu", threads=1)
     for r in run_skills(vlm, Path(args.out)):
         what = "a rendered word (an image never seen in training)" if r["kind"] == "ocr" else \
             "a video never seen in training"

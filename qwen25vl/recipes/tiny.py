@@ -42,9 +42,8 @@ from qwen25vl.recipes.bootstrap import DenseHead, DenseTargets, JointLoss, dense
 from qwen25vl.train.optim import build_optimizer, warmup_cosine
 from qwen25vl.recipes.tiny_data import (  # noqa: F401  (re-exported: the recipe's names in one place)
     DATA_OPTIONS, GAP_RECORDS, PRESENCE_OPTIONS, PRESENCE_SEED, REFINE_SEED, SKILL_COUNTS, SKILL_OPTIONS, SKILLS_SEED,
-    Targets,
-    _image_path, count_probe_ids,
-    data_options, decision_token_ids, gap_packs, make_base, make_data, read_split)
+    Targets, _image_path, count_probe_ids, data_options, decision_token_ids, gap_packs, make_base, make_data,
+    read_split)
 
 def tiny_config() -> Qwen25VLConfig:
     """ViT 64 wide x 4 blocks (windows of 112 px, block 3 full attention), LLM 128 x 3, the tiny vocabulary: the
@@ -190,7 +189,8 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
           refine_steps: int = 3000, refine_lr: float = 5e-4, refine_images: int = 8000,
           skills_steps: int = 4000, skills_lr: float = 8e-4, skills_counts: dict | None = None) -> Path:
     """The whole chain into `out`. Stages 1-2 end in `out/model-joint` (skipped when it exists); stage 3 loads that
-    exported folder (bf16, as it ships) and trains on the presence mix into `out/model`."""
+    exported folder (bf16, as it ships) and trains on the presence mix into `out/model-presence`; stage 4 into
+    `out/model-refine`, stage 5 into `out/model` (the folder returned)."""
     from qwen25vl.model.vlm import Qwen25VL
     from qwen25vl.testing.checkpoint import init_random_weights
 
@@ -207,33 +207,38 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
     times_path = out / "times.json"
     times = json.loads(times_path.read_text()) if times_path.is_file() else {}
 
-    def refine(start: Path) -> Path:
+    def save_times() -> None:
+        times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
+
+    def later(stage: str, time_key: str, folder: Path, settings: dict, train) -> Path:
+        """Run a later stage unless `folder` holds its model: its settings to `<stage>.json` and its time to
+        times.json only when it runs (a stage found done keeps what its own run recorded)."""
+        if (folder / "model.safetensors").is_file():
+            return train()
         t = time.perf_counter()
-        (out / "stage4.json").write_text(json.dumps({"steps": refine_steps, "batch": joint_batch, "lr": refine_lr,
-                                                     "decision_weight": decision_weight, "images": refine_images},
-                                                    indent=2))
-        ran = not (out / "model-refine" / "model.safetensors").is_file()
-        folder = refine_stage(out, base, start, steps=refine_steps, batch=joint_batch, lr=refine_lr,
-                              images=refine_images, decision_weight=decision_weight, seed=seed, log_every=log_every,
-                              log=log)
-        if ran:  # a stage found done keeps the time it took (or none, when an earlier run made its folder)
-            times["refine_s"] = time.perf_counter() - t
-            times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
-        return skills(folder) if skills_steps > 0 else folder
+        (out / f"{stage}.json").write_text(json.dumps(settings, indent=2))
+        result = train()
+        times[time_key] = time.perf_counter() - t
+        save_times()
+        return result
+
+    def refine(start: Path) -> Path:
+        folder = later("stage4", "refine_s", out / "model-refine", {
+            "steps": refine_steps, "batch": joint_batch, "lr": refine_lr, "decision_weight": decision_weight,
+            "images": refine_images}, lambda: refine_stage(
+                out, base, start, steps=refine_steps, batch=joint_batch, lr=refine_lr, images=refine_images,
+                decision_weight=decision_weight, seed=seed, log_every=log_every, log=log))
+        return skills(folder)
 
     def skills(start: Path) -> Path:
-        t = time.perf_counter()
+        if skills_steps <= 0:
+            return start
         counts = {**SKILL_COUNTS, **(skills_counts or {})}
-        (out / "stage5.json").write_text(json.dumps({"steps": skills_steps, "batch": joint_batch, "lr": skills_lr,
-                                                     "decision_weight": decision_weight, "records": counts,
-                                                     "options": SKILL_OPTIONS, "threads": threads}, indent=2))
-        ran = not (out / "model" / "model.safetensors").is_file()
-        folder = skills_stage(out, base, start, steps=skills_steps, batch=joint_batch, lr=skills_lr, counts=counts,
-                              decision_weight=decision_weight, seed=seed, log_every=log_every, log=log)
-        if ran:
-            times["skills_s"] = time.perf_counter() - t
-            times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
-        return folder
+        return later("stage5", "skills_s", out / "model", {
+            "steps": skills_steps, "batch": joint_batch, "lr": skills_lr, "decision_weight": decision_weight,
+            "records": counts, "options": SKILL_OPTIONS, "threads": threads}, lambda: skills_stage(
+                out, base, start, steps=skills_steps, batch=joint_batch, lr=skills_lr, counts=counts,
+                decision_weight=decision_weight, seed=seed, log_every=log_every, log=log))
 
     t = time.perf_counter()
     data = make_data(out / "data" / "grounding", train, heldout, seed)
@@ -257,13 +262,13 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
                     save=lambda step: export(vlm, base, out / "model-partial"))
         times["joint_s"] = time.perf_counter() - t
         export(vlm, base, joint)
-        times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
+        save_times()
     folder = out / "model-presence"
     if presence_steps <= 0:
         return joint
     if (folder / "model.safetensors").is_file():
         say(f"{folder} exists: stage 3 is done")
-        return refine(folder) if refine_steps > 0 else skills(folder) if skills_steps > 0 else folder
+        return refine(folder) if refine_steps > 0 else skills(folder)
     t = time.perf_counter()
     presence = make_data(out / "data" / "grounding-presence", presence_images, max(2, GAP_RECORDS // 3),
                          PRESENCE_SEED, PRESENCE_OPTIONS)
@@ -281,9 +286,9 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
                 save=lambda step: export(vlm, base, out / "model-partial"))
     times["presence_s"] = time.perf_counter() - t
     export(vlm, base, folder)
-    times_path.write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2))
+    save_times()
     say(f"wrote {folder}; times {times}")
-    return refine(folder) if refine_steps > 0 else skills(folder) if skills_steps > 0 else folder
+    return refine(folder) if refine_steps > 0 else skills(folder)
 
 
 def refine_stage(out: Path, base: Path, start: Path, *, steps: int, batch: int, lr: float, images: int,
@@ -371,41 +376,20 @@ def main(argv=None) -> int:
                    refine_steps=args.refine_steps, refine_lr=args.refine_lr, skills_steps=args.skills_steps,
                    skills_lr=args.skills_lr)
     if args.evaluate:
-        from qwen25vl.recipes.tiny_eval import evaluate
+        from qwen25vl.recipes.tiny_eval import full_scores
 
         t = time.perf_counter()
-        from qwen25vl.recipes.tiny_eval import absent_contrast, task_gaps
-
         first_text = args.presence_steps > 0 and PRESENCE_OPTIONS["text_first"]
-        scores = evaluate(folder, Path(args.out) / "data" / "grounding", text_first=first_text)
-        scores["text_first"] = first_text
-        scores["task_gaps"] = {task: {"right": r, "shuffled": w, "gap": w - r}
-                               for task, (r, w) in task_gaps(folder, Path(args.out) / "data" / "grounding",
-                                                             first_text).items()}
-        scores["absent_contrast"] = absent_contrast(folder, Path(args.out) / "data" / "grounding", first_text)
-        from qwen25vl.recipes.tiny_skills import evaluate as evaluate_skills
-
-        scores["skills"] = evaluate_skills(folder, Path(args.out) / "data")
+        scores = full_scores(folder, Path(args.out) / "data", first_text)
         (folder / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
         times_path = Path(args.out) / "times.json"
         times = json.loads(times_path.read_text())
         times_path.write_text(json.dumps({**times, "heldout_eval_s": round(time.perf_counter() - t, 1)}, indent=2))
     if args.install:
+        from qwen25vl.recipes.tiny_card import install
+
         install(folder, Path(args.out), Path(args.install))
     return 0
-
-
-def install(folder: Path, run: Path, dest: Path) -> Path:
-    """Copy the exported model (and scores.json when evaluated) to `dest` and write MODEL_CARD.md there."""
-    from qwen25vl.recipes.tiny_card import model_card
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in folder.iterdir():
-        if path.is_file():
-            shutil.copy(path, dest / path.name)
-    (dest / "MODEL_CARD.md").write_text(model_card(dest, run))
-    say(f"installed {dest}")
-    return dest
 
 
 if __name__ == "__main__":

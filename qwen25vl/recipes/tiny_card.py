@@ -252,3 +252,18 @@ def _skills_lines(run: Path, entries: list, gap_line) -> list[str]:
         f"{s5['decision_weight']}x, no probes.",
         f"- Stage 5 shuffled-image gap on grounding held-out packs: {gap_line(entries)}.",
     ]
+
+
+def install(folder: Path, run: Path, dest: Path) -> Path:
+    """Copy the exported model (and scores.json when evaluated) to `dest` and write MODEL_CARD.md there."""
+    import shutil
+
+    from qwen25vl.recipes.tiny import say
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in folder.iterdir():
+        if path.is_file():
+            shutil.copy(path, dest / path.name)
+    (dest / "MODEL_CARD.md").write_text(model_card(dest, run))
+    say(f"installed {dest}")
+    return dest

@@ -139,22 +139,32 @@ def reordered(record, first_text: bool):
     return dataclasses.replace(record, messages=[text_first(m) if m["role"] == "user" else m for m in record.messages])
 
 
-def answer_all(folder: Path, data: Path, records, batch: int = 16, max_new_tokens: int = 160,
-               first_text: bool = False) -> list[str]:
+def resolve_media(messages: list[dict], root: Path) -> list[dict]:
+    """A copy of `messages` whose image and video paths are made absolute against `root`."""
+    messages = json.loads(json.dumps(messages))
+    for message in messages:
+        for part in message["content"] if isinstance(message["content"], list) else ():
+            for key in ("image", "video"):
+                if part.get("type") == key:
+                    part[key] = str((root / part[key]).resolve())
+    return messages
+
+
+def answer_records(folder: Path, data: Path, records, max_new_tokens: int, batch: int = 8) -> list[str]:
+    """Greedy answers of the model in `folder` to each record's conversation up to its answer."""
     import qwen25vl
 
     vlm = qwen25vl.load(folder, device="cpu", threads=1)
-    conversations = []
-    for r in records:
-        user = json.loads(json.dumps(r.messages[0]))
-        for part in user["content"]:
-            if part.get("type") == "image":
-                part["image"] = str((data / part["image"]).resolve())
-        conversations.append([text_first(user) if first_text else user])
+    conversations = [resolve_media(r.messages[:-1], data) for r in records]
     answers = []
     for i in range(0, len(conversations), batch):
         answers += vlm.chat(conversations[i:i + batch], max_new_tokens=max_new_tokens, temperature=0.0)
     return answers
+
+
+def answer_all(folder: Path, data: Path, records, batch: int = 16, max_new_tokens: int = 160,
+               first_text: bool = False) -> list[str]:
+    return answer_records(folder, data, [reordered(r, first_text) for r in records], max_new_tokens, batch)
 
 
 def evaluate(folder: Path, data: Path, limit: int | None = None, text_first: bool = False) -> dict:
@@ -187,6 +197,21 @@ def evaluate(folder: Path, data: Path, limit: int | None = None, text_first: boo
                                   "reliable": bool(sigmas >= RELIABLE_SIGMAS and name != "absent")}
     result["examples"] = [{"id": m["id"], "task": m["task"], "answer": a} for m, a in list(zip(metas, answers))[:5]]
     return result
+
+
+def full_scores(folder: Path, data_root: Path, text_first: bool) -> dict:
+    """Everything `scores.json` holds: the grounding scores, the shuffled-image gap per task, the absent-query image
+    test (all on `data_root/grounding`) and the other engines' scores (`tiny_skills`, datasets under `data_root`)."""
+    from qwen25vl.recipes.tiny_skills import evaluate as evaluate_skills
+
+    grounding = data_root / "grounding"
+    scores = evaluate(folder, grounding, text_first=text_first)
+    scores["text_first"] = text_first
+    scores["task_gaps"] = {task: {"right": r, "shuffled": w, "gap": w - r}
+                           for task, (r, w) in task_gaps(folder, grounding, text_first).items()}
+    scores["absent_contrast"] = absent_contrast(folder, grounding, text_first)
+    scores["skills"] = evaluate_skills(folder, data_root)
+    return scores
 
 
 def task_gaps(folder: Path, data: Path, text_first: bool = False) -> dict:

@@ -24,7 +24,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from qwen25vl.recipes.tiny_eval import RELIABLE_SIGMAS, box_score, emit, inside, mean_se
+from qwen25vl.recipes.tiny_eval import RELIABLE_SIGMAS, answer_records, box_score, emit, inside, mean_se
 
 EVAL_SEED = 7
 # kind: (engine options, train samples for the baselines, held-out samples, answer token budget)
@@ -53,29 +53,6 @@ def _answer_text(record) -> str:
     return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
 
 
-def conversation(record, data: Path) -> list[dict]:
-    """The record's messages up to its answer, media paths made absolute."""
-    messages = json.loads(json.dumps(record.messages[:-1]))
-    for message in messages:
-        if isinstance(message["content"], list):
-            for part in message["content"]:
-                for key in ("image", "video"):
-                    if part.get("type") == key:
-                        part[key] = str((data / part[key]).resolve())
-    return messages
-
-
-def answer_records(folder: Path, data: Path, records, max_new_tokens: int, batch: int = 8) -> list[str]:
-    import qwen25vl
-
-    vlm = qwen25vl.load(folder, device="cpu", threads=1)
-    conversations = [conversation(r, data) for r in records]
-    answers = []
-    for i in range(0, len(conversations), batch):
-        answers += vlm.chat(conversations[i:i + batch], max_new_tokens=max_new_tokens, temperature=0.0)
-    return answers
-
-
 # --- per-kind truths, scores and baselines -----------------------------------------------------------------------
 
 def video_times(text: str, task: str) -> list[float] | None:
@@ -99,9 +76,11 @@ def video_error(answer: str, truth: list[float], task: str, seconds: float) -> f
 def click_of(answer: str):
     from qwen25vl.tasks.agent import parse_actions
 
+    from qwen25vl.errors import InputError
+
     try:
         actions = [a for a in parse_actions(answer) if a.coordinate is not None]
-    except Exception:  # a malformed call scores as no click
+    except InputError:  # a malformed call (ActionError) scores as no click
         return None
     return tuple(actions[0].coordinate) if actions else None
 
