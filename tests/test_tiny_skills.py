@@ -93,3 +93,10 @@ def test_cli_refuses_an_unknown_kind_before_loading_anything(tmp_path, capsys):
         sk.main(["--model", str(tmp_path / "none"), "--data", str(tmp_path), "--kinds", "ocr,poems"])
     assert stop.value.code == 2 and "poems" in capsys.readouterr().err
     assert not (tmp_path / "eval-ocr").exists()
+
+
+def test_cli_names_a_missing_model_folder_without_a_traceback(tmp_path, capsys):
+    assert sk.main(["--model", str(tmp_path / "none"), "--data", str(tmp_path), "--kinds", "ocr"]) == 2
+    err = capsys.readouterr().err
+    assert "none" in err and "does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "eval-ocr").exists()  # nothing written for a run that cannot start

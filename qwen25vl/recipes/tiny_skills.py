@@ -186,7 +186,15 @@ def main(argv=None) -> int:
     unknown = [k for k in kinds if k not in EVAL_SETS]
     if unknown:
         p.error(f"unknown kinds {unknown}: choose from {list(EVAL_SETS)}")
-    return emit(evaluate(Path(args.model), Path(args.data), kinds, args.limit), args.out)
+    from qwen25vl.errors import Qwen25VLError
+    from qwen25vl.generation.paths import model_path
+
+    try:
+        folder = model_path(args.model)  # before any dataset is written
+        return emit(evaluate(folder, Path(args.data), kinds, args.limit), args.out)
+    except Qwen25VLError as err:
+        print(f"tiny_skills: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
