@@ -27,6 +27,7 @@ from qwen25vl.data.synth.grounding import make_scene
 from qwen25vl.data.synth.shapes import SHAPES
 from qwen25vl.model.attention import VarlenPlan
 from qwen25vl.model.text import AttnSpec, mrope_cos_sin
+from qwen25vl.recipes.tiny_ocr import CharHead, CharTargets, char_loss
 from qwen25vl.train.losses import chunked_cross_entropy
 
 CELL = 28  # one merged token: 2x2 patches of 14 px
@@ -147,7 +148,7 @@ class JointLoss(nn.Module):
 
     def __init__(self, vlm: nn.Module, probe_layer: int = 1, head: DenseHead | None = None,
                  decision_ids: tuple[int, ...] = (), decision_weight: float = 1.0,
-                 count_probe: tuple[tuple[int, ...], int] | None = None):
+                 count_probe: tuple[tuple[int, ...], int] | None = None, chars: bool = False):
         super().__init__()
         self.vlm = vlm
         # the entry-count probe ((list-opening token ids, entry token id) or None): a training-only linear read-out
@@ -171,6 +172,9 @@ class JointLoss(nn.Module):
         self.head = head or DenseHead(width)  # the vision stage's head, trained on, when given
         self.probe = DenseHead(width)
         self.probe_layer = min(probe_layer, vlm.config.text.num_hidden_layers - 1)
+        # the character probes (with `chars=` targets, `tiny_ocr`): which letters lie under each merged cell, read
+        # from the merger output and from the image tokens after layer `probe_layer`
+        self.char_heads = nn.ModuleList([CharHead(width), CharHead(width)]) if chars else None
 
     def features(self, batch: PackedBatch) -> torch.Tensor | None:
         """The images' merged tokens (N / 4, C) in token order, or None for a pack without images."""
@@ -200,9 +204,10 @@ class JointLoss(nn.Module):
         return (self.decision_weight - 1.0) * ce
 
     def forward(self, batch: PackedBatch, targets: DenseTargets | None = None, features=None,
-                match: torch.Tensor | None = None):
+                match: torch.Tensor | None = None, chars: CharTargets | None = None):
         """(summed CE, dense loss or None, stats). `features` replaces the tower's output (the shuffled gap). With
-        gradients on and decision weighting, stats["decision_extra"] holds the extra summed CE to add."""
+        gradients on and decision weighting, stats["decision_extra"] holds the extra summed CE to add; with `chars`
+        targets, stats["char_loss"] the character probes' loss."""
         vlm = self.vlm
         cfg = vlm.config
         features = self.features(batch) if features is None else features
@@ -239,6 +244,15 @@ class JointLoss(nn.Module):
                 hit = (logits > 0).float()
                 more["match_recall"] = float((hit * want).sum() / positives)
                 more["match_precision"] = float((hit * want).sum() / hit.sum().clamp(min=1.0))
+        if chars is not None and self.char_heads is not None and torch.is_grad_enabled() and features is not None:
+            losses = []
+            for name, head, source in zip(("vit", "llm"), self.char_heads, (features, probe)):
+                loss, stats = char_loss(head(source), chars)
+                if loss is not None:
+                    losses.append(loss)
+                    more[f"char_acc_{name}"] = stats["char_acc"]
+            if losses:
+                more["char_loss"] = sum(losses)
         if targets is None or features is None:
             return ce, None, more
         dense, stats = dense_loss(self.head(features), targets)

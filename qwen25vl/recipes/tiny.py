@@ -39,6 +39,7 @@ import torch
 from qwen25vl.config import Qwen25VLConfig
 from qwen25vl.data.packing import collate_pack
 from qwen25vl.recipes.bootstrap import DenseHead, DenseTargets, JointLoss, dense_loss, match_targets, shuffled_gap
+from qwen25vl.recipes.tiny_ocr import CharTargets, char_targets
 from qwen25vl.train.optim import build_optimizer, warmup_cosine
 from qwen25vl.recipes.tiny_data import (  # noqa: F401  (re-exported: the recipe's names in one place)
     DATA_OPTIONS, GAP_RECORDS, PRESENCE_OPTIONS, PRESENCE_SEED, REFINE_SEED, SKILL_COUNTS, SKILL_OPTIONS, SKILLS_SEED,
@@ -94,25 +95,29 @@ def vision_stage(vlm, data: Path, *, steps: int, batch: int, lr: float, seed: in
 def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: float, vision_ratio: float,
                 dense_until: float, seed: int, log_every: int, log, head: DenseHead | None = None,
                 save=None, save_every: int = 200, decision_weight: float = 1.0, warmup: float = 0.02,
-                count_until: float = 0.0, stage: str = "joint", match_until: float = 0.0) -> dict:
+                count_until: float = 0.0, stage: str = "joint", match_until: float = 0.0,
+                char_until: float = 0.0) -> dict:
     """Joint training on `data`. `decision_weight` > 1 counts the decision tokens' CE that many times in the loss
     (the logged CE and the gap stay plain); `warmup` is the warm-up's share of the steps; `count_until` > 0 trains
-    the entry-count probe (`bootstrap.JointLoss`) for that share of the steps."""
+    the entry-count probe (`bootstrap.JointLoss`) for that share of the steps; `char_until` > 0 the character
+    probes on the OCR words' cells (`tiny_ocr`)."""
     from qwen25vl.data.encoding import Encoder
 
     encoder = Encoder.from_pretrained(base, config=vlm.config)
     folders = [data] if isinstance(data, Path) else list(data)
     data = folders[0]  # the grounding folder: its held-out packs measure the gap, its scenes give dense targets
-    records, metas = [], []
+    records, metas, engines = [], [], []
     for folder in folders:  # a mix: every folder's train records, shuffled together
         more_records, more_metas = read_split(folder, "train")
         records += more_records
         metas += more_metas
+        engines += [json.loads((folder / "manifest.json").read_text())["engine"]] * len(more_records)
     held_records, held_metas = read_split(data, "heldout")
     gap_set = gap_packs(encoder, held_records, held_metas, GAP_RECORDS)
     targets = Targets(data_options(data))
     loss_fn = JointLoss(vlm, head=head, decision_ids=decision_token_ids(base) if decision_weight != 1.0 else (),
-                        decision_weight=decision_weight, count_probe=count_probe_ids(base) if count_until else None)
+                        decision_weight=decision_weight, count_probe=count_probe_ids(base) if count_until else None,
+                        chars=char_until > 0)
     rates = {"vision": lr * vision_ratio, "merger": lr, "llm": lr}
     opt = build_optimizer(loss_fn, rates, weight_decay=0.01)
     for g in opt.param_groups:
@@ -136,17 +141,16 @@ def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: floa
         loss_fn.count_head_on = step < count_until * steps
         match = (match_targets([targets(metas[i]["seed"]) for i in chosen], [metas[i] for i in chosen])
                  if step < match_until * steps else None)
-        ce, dense, stats = loss_fn(pack, want, match=match)
+        chars = (CharTargets.cat([char_targets(metas[i], engines[i]) for i in chosen])
+                 if step < char_until * steps else None)
+        ce, dense, stats = loss_fn(pack, want, match=match, chars=chars)
         extra = stats.pop("decision_extra", None)
-        counted = stats.pop("count_loss", None)
-        matched = stats.pop("match_loss", None)
         loss = (ce if extra is None else ce + extra) / pack.num_targets + (dense if dense is not None else 0)
-        if counted is not None:
-            loss = loss + counted
-            stats["count_probe"] = float(counted.detach())
-        if matched is not None:
-            loss = loss + matched
-            stats["match_probe"] = float(matched.detach())
+        for key in ("count", "match", "char"):  # the training-only probes' losses, when on
+            probed = stats.pop(f"{key}_loss", None)
+            if probed is not None:
+                loss = loss + probed
+                stats[f"{key}_probe"] = float(probed.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), 1.0)
