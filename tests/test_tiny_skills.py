@@ -100,3 +100,14 @@ def test_cli_names_a_missing_model_folder_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "none" in err and "does not exist" in err and "Traceback" not in err
     assert not (tmp_path / "eval-ocr").exists()  # nothing written for a run that cannot start
+
+
+def test_time_line_totals_only_a_run_that_recorded_every_stage():
+    from qwen25vl.recipes.tiny_card import TIME_LABELS, time_line
+
+    every = {key: 60.0 * (i + 1) for i, (key, _) in enumerate(TIME_LABELS)}  # 1 + 2 + ... + 8 = 36 min
+    line = time_line(every, 2)
+    assert line.startswith("- Time on 2 threads of the shared 2-core CPU: data + tokenizer 1.0 min, vision stage 2.0")
+    assert line.endswith("held-out scoring 8.0 min. In all 36 min (0.60 h) from nothing.")
+    later = {k: v for k, v in every.items() if k not in ("vision_s", "joint_s")}  # started from an earlier run
+    assert "In all" not in time_line(later, 1) and time_line(later, 1).startswith("- Time on one thread")
