@@ -353,3 +353,32 @@ def test_merge_of_a_sharded_base_writes_each_shard_alone(monkeypatch, tmp_path, 
     assert (merged / INDEX_NAME).read_text() == (sharded / INDEX_NAME).read_text()
     on_the_fly = _logits(_with(base, adapter))
     assert (_logits(_load(merged)) - on_the_fly).abs().max() <= 1e-5 * on_the_fly.abs().max()
+
+
+def test_a_preset_lora_run_resumes_on_its_saved_base_and_refuses_another_seed(tmp_path, data):
+    """A --preset run's random base is drawn from its seed and written to OUT/init (the adapters name it): a run
+    killed and resumed loads that base (the same losses as a run never stopped), a resume with another --seed is
+    refused before anything is overwritten, and a fresh start (no resume) with a new seed replaces the base."""
+    recipe = SFT.replace(**{**SMALL, "steps": 4, "lora": LoraSpec(rank=2, alpha=4.0, targets=("llm",))})
+    whole = train(recipe, data=[str(data)], out=str(tmp_path / "whole"), preset="tiny", quiet=True)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "qwen25vl", "train", "sft", "--preset", "tiny", "--data", str(data), "--out",
+           str(run), "--steps", "4", "--packs-per-step", "2", "--budget", "512", "--save-every", "2", "--warmup", "1",
+           "--lr", "1e-2", "--lr-merger", "1e-2", "--lora-rank", "2", "--lora-alpha", "4", "--lora-targets", "llm",
+           "--die-after-step", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    killed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert json.loads((run / "init" / "init.json").read_text()) == {"preset": "tiny", "seed": recipe.seed}
+    saved = (run / "init" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match=f"--seed {recipe.seed}\\), not on --preset tiny --seed {recipe.seed + 1}"):
+        train(recipe.replace(seed=recipe.seed + 1), data=[str(data)], out=str(run), preset="tiny", quiet=True)
+    assert (run / "init" / "model.safetensors").read_bytes() == saved  # nothing overwritten
+    resumed = train(recipe, data=[str(data)], out=str(run), preset="tiny", quiet=True)
+    assert [e["step"] for e in resumed] == [3, 4]
+    for a, b in zip(resumed, whole[2:]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    train(recipe.replace(seed=recipe.seed + 1, steps=1), data=[str(data)], out=str(run), preset="tiny",
+          resume=False, quiet=True)
+    assert (run / "init" / "model.safetensors").read_bytes() != saved  # the new seed's base
+    assert json.loads((run / "init" / "init.json").read_text())["seed"] == recipe.seed + 1

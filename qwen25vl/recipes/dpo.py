@@ -50,7 +50,7 @@ def train_dpo(recipe: Recipe, *, data: list[str], out: str, model: str | None = 
     say = _printer(world.is_main and not quiet)
 
     # --- model: the LLM trains, the vision tower is frozen (its features serve policy and reference alike) --------
-    vlm, source = _load_model(model, preset, out, recipe.seed, world.is_main)
+    vlm, source = _load_model(model, preset, out, recipe.seed, world.is_main, resume)
     counts = set_trainable(vlm, recipe.train)
     if recipe.lora is not None:  # B = 0 at the start: the reference pass below is the base model's
         counts = setup_recipe(vlm, recipe.lora, source, is_main=world.is_main, vision=False)

@@ -43,7 +43,7 @@ def train(recipe: Recipe, *, data: list[str], out: str, model: str | None = None
     say = _printer(world.is_main and not quiet)
 
     # --- model, trainable modules, sharding, optimizer --------------------------------------------------------
-    vlm, source = _load_model(model, preset, out, recipe.seed, world.is_main)
+    vlm, source = _load_model(model, preset, out, recipe.seed, world.is_main, resume)
     counts = set_trainable(vlm, recipe.train)
     if recipe.lora is not None:
         counts = lora.setup_recipe(vlm, recipe.lora, source, is_main=world.is_main)
@@ -131,8 +131,13 @@ def finish(out: Path, loss_fn, source, world, say, log_file, writer) -> None:
     close()
 
 
-def _load_model(model: str | None, preset: str | None, out: Path, seed: int, is_main: bool):
-    """(Qwen25VL in fp32, the folder holding its tokenizer and processor files)."""
+INIT_FILE = "init.json"  # in OUT/init of a --preset run: the preset and seed its random base was drawn with
+
+
+def _load_model(model: str | None, preset: str | None, out: Path, seed: int, is_main: bool, resume: bool = True):
+    """(Qwen25VL in fp32, the folder holding its tokenizer and processor files). A --preset run's random base is a
+    function of its seed; a LoRA run writes it to OUT/init (its adapters name it), and a resumed run loads it from
+    there, refusing another --seed rather than resuming the adapters on a different base."""
     from qwen25vl.model.vlm import Qwen25VL
 
     if (model is None) == (preset is None):
@@ -146,15 +151,27 @@ def _load_model(model: str | None, preset: str | None, out: Path, seed: int, is_
                           "start larger runs from an HF folder")
     from qwen25vl.testing.checkpoint import init_random_weights
     from qwen25vl.testing.tokenizer import write_preprocessor_config, write_tiny_tokenizer
-
-    vlm = Qwen25VL(Qwen25VLConfig.preset(preset))
-    init_random_weights(vlm, seed, embed_std=1.0, gain=1.0)
-    source = out / "init"
-    if is_main:
-        write_tiny_tokenizer(source)
-        write_preprocessor_config(source)
     from qwen25vl.train.distributed import barrier
 
+    source = out / "init"
+    drawn = {"preset": preset, "seed": seed}
+    stored = json.loads((source / INIT_FILE).read_text()) if (source / INIT_FILE).is_file() else None
+    saved = (source / "model.safetensors").is_file()
+    resuming = resume and bool(ckpt.list_checkpoints(out / "checkpoints"))
+    if saved and resuming and stored not in (None, drawn):
+        raise ConfigError(f"{out}'s checkpoints were trained on the random base in {source} (--preset "
+                          f"{stored['preset']} --seed {stored['seed']}), not on --preset {preset} --seed {seed}: "
+                          "resume with the same --seed, or pass --no-resume or a new --out")
+    if saved and (stored == drawn or resuming):  # the base the adapters name (a run before init.json: as saved)
+        return Qwen25VL.from_pretrained(source, dtype=torch.float32, progress=False), source
+    vlm = Qwen25VL(Qwen25VLConfig.preset(preset))
+    init_random_weights(vlm, seed, embed_std=1.0, gain=1.0)
+    if is_main:
+        for name in ("model.safetensors", "config.json"):  # a stale base of another seed: the new one replaces it
+            (source / name).unlink(missing_ok=True)
+        write_tiny_tokenizer(source)
+        write_preprocessor_config(source)
+        (source / INIT_FILE).write_text(json.dumps(drawn) + "\n")
     barrier()
     return vlm, source
 
