@@ -131,3 +131,20 @@ def test_measure_trains_scores_and_records_the_probes(small_run, tmp_path):
     off = measure(model, tmp_path / "data", tmp_path / "off", steps=2, batch=2, char_until=0.0, vision_ratio=0.2,
                   train=6, limit=3)
     assert off["char_acc_vit"] is None  # no probes: nothing to report
+
+
+def test_letter_targets_of_a_pack_equal_each_records_and_are_built_once(monkeypatch):
+    from qwen25vl.recipes import tiny_ocr
+
+    metas = [_word("mom", [14, 30, 89, 50]), {"task": "detect", "truth": {"size": [56, 56]}},
+             _word("Ox", [10, 30, 73, 50])]
+    engines = ["ocr", "grounding", "ocr"]
+    pack = tiny_ocr.LetterTargets(metas, engines)
+    got = pack([2, 0, 1])
+    want = CharTargets.cat([char_targets(metas[i], engines[i]) for i in (2, 0, 1)])
+    assert torch.equal(got.centre, want.centre) and torch.equal(got.order, want.order)
+    assert torch.equal(got.letters.nan_to_num(-1), want.letters.nan_to_num(-1))
+    built = []
+    monkeypatch.setattr(tiny_ocr, "char_targets", lambda m, e: built.append(e) or want)
+    pack([0, 1, 2])
+    assert built == []  # every record of this pack was built by the first call

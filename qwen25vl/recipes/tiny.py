@@ -39,7 +39,7 @@ import torch
 from qwen25vl.config import Qwen25VLConfig
 from qwen25vl.data.packing import collate_pack
 from qwen25vl.recipes.bootstrap import DenseHead, DenseTargets, JointLoss, dense_loss, match_targets, shuffled_gap
-from qwen25vl.recipes.tiny_ocr import CharTargets, char_targets
+from qwen25vl.recipes.tiny_ocr import LetterTargets
 from qwen25vl.train.optim import build_optimizer, warmup_cosine
 from qwen25vl.recipes.tiny_data import (  # noqa: F401  (re-exported: the recipe's names in one place)
     DATA_OPTIONS, GAP_RECORDS, PRESENCE_OPTIONS, PRESENCE_SEED, REFINE_SEED, SKILL_COUNTS, SKILL_OPTIONS, SKILLS_SEED,
@@ -125,6 +125,7 @@ def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: floa
     order = list(range(len(records)))
     rng = random.Random(seed)
     rng.shuffle(order)
+    letters = LetterTargets(metas, engines)
     pos, last = 0, {}
     t0 = time.perf_counter()
     for step in range(steps):
@@ -141,8 +142,7 @@ def joint_stage(vlm, base: Path, data: Path, *, steps: int, batch: int, lr: floa
         loss_fn.count_head_on = step < count_until * steps
         match = (match_targets([targets(metas[i]["seed"]) for i in chosen], [metas[i] for i in chosen])
                  if step < match_until * steps else None)
-        chars = (CharTargets.cat([char_targets(metas[i], engines[i]) for i in chosen])
-                 if step < char_until * steps else None)
+        chars = letters(chosen) if step < char_until * steps else None
         ce, dense, stats = loss_fn(pack, want, match=match, chars=chars)
         extra = stats.pop("decision_extra", None)
         loss = (ce if extra is None else ce + extra) / pack.num_targets + (dense if dense is not None else 0)

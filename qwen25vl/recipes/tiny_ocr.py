@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qwen25vl.data.synth.draw import GRID as CELL  # one merged token: 2x2 patches of 14 px
 from qwen25vl.data.synth.draw import font
+from qwen25vl.train.losses import IGNORE
 
-CELL = 28
 LETTERS = string.ascii_lowercase + string.ascii_uppercase
 MAX_ORDER = 16
-IGNORE = -100
 MIN_OVERLAP = 8  # px of a cell's rows the word's ink must cross for the cell to count as on the word
 OCR_TASKS = ("word",)
 
@@ -100,6 +100,19 @@ def char_targets(meta: dict, engine: str) -> CharTargets:
                         centre[i] = 1 + LETTERS.index(ch)
                         order[i] = min(k, MAX_ORDER - 1)
     return CharTargets(letters, centre, order)
+
+
+class LetterTargets:
+    """The targets of a pack of records (indices into `metas`, written by `engines`), each record's built once."""
+
+    def __init__(self, metas: list[dict], engines: list[str]):
+        self.metas, self.engines, self.cache = metas, engines, {}
+
+    def __call__(self, indices) -> CharTargets:
+        for i in indices:
+            if i not in self.cache:
+                self.cache[i] = char_targets(self.metas[i], self.engines[i])
+        return CharTargets.cat([self.cache[i] for i in indices])
 
 
 class CharHead(nn.Module):
