@@ -279,3 +279,46 @@ def test_from_a_model_folder_the_export_keeps_its_llm_and_tokenizer(captions, tm
     assert (out / "hf" / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
     with pytest.raises(ConfigError, match="exactly one of"):
         train_clip(CLIP, data=[str(captions[2])], out=str(tmp_path / "x"), model=str(base), preset="tiny")
+
+
+def test_two_process_fsdp_equals_one_process(captions, tmp_path):
+    """torchrun with 2 ranks (gloo, FSDP2): each rank embeds half of every batch of 16 and the loss gathers both
+    halves, so every step's loss and in-batch accuracy, the held-out retrieval before and after, and the exported
+    ViT equal one process on the same batches;
+    a global batch that does not divide among the ranks is refused before any step."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from qwen25vl.cli import main
+
+    data = str(captions[2])
+    args = ["train", "clip", "--preset", "tiny", "--data", data, "--steps", "4", "--batch", "16", "--save-every",
+            "2", "--heldout", str(captions[1]), "--warmup", "1", "--text-width", "32", "--text-layers", "1", "--text-heads", "2", "--embed-dim",
+            "16", "--lr", "3e-3", "--lr-vision", "3e-3", "--lr-merger", "3e-3"]
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launch = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "qwen25vl"]
+    two = subprocess.run([*launch, *args, "--out", str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    logs = {name: [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+            for name in ("one", "two")}
+    steps = {name: [e for e in log if "loss" in e] for name, log in logs.items()}
+    evals = {name: [e for e in log if e.get("eval") == "heldout"] for name, log in logs.items()}
+    assert [e["step"] for e in evals["two"]] == [0, 4] and evals["two"][0]["pairs"] == 96  # every held-out pair
+    assert [e["retrieval"] for e in evals["two"]] == [e["retrieval"] for e in evals["one"]]
+    assert [e["step"] for e in steps["two"]] == [1, 2, 3, 4] and all(e["pairs"] == 16 for e in steps["two"])
+    assert steps["one"][0]["loss"] - steps["one"][-1]["loss"] > 0.05  # it learns
+    for a, b in zip(steps["two"], steps["one"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a, b)
+        assert a["accuracy"] == b["accuracy"] and a["temperature"] == pytest.approx(b["temperature"], rel=1e-4)
+    w2, w1 = (load_file(tmp_path / name / "hf" / "model.safetensors") for name in ("two", "one"))
+    assert w2.keys() == w1.keys()
+    for key in w1:
+        assert torch.allclose(w2[key], w1[key], rtol=1e-4, atol=1e-5), key
+    odd = subprocess.run([*launch, *args[:8], "--batch", "15", *args[10:], "--out", str(tmp_path / "odd")], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert odd.returncode != 0 and "does not divide among 2 ranks" in odd.stderr
+    assert not (tmp_path / "odd" / "log.jsonl").exists()

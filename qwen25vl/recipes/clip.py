@@ -6,7 +6,10 @@ retrieval on held-out pairs -> export. The export `OUT/hf/` is a full Hugging Fa
 language model (`--model`, or the tiny preset's seeded random one) with the trained `visual.*` weights, so stage 1
 starts from it: `qwen25vl train pretrain --stage 1 --model OUT/hf ...`. The text tower is not exported.
 
-The output folder is laid out as the other recipes' (`checkpoints/`, `log.jsonl`, `hf/`). One process.
+The output folder is laid out as the other recipes' (`checkpoints/`, `log.jsonl`, `hf/`). One process or many
+(`torchrun --nproc_per_node N -m qwen25vl train clip ...`, FSDP2 over the ViT blocks and the text tower's layers):
+each rank embeds its slice of the step's batch and the loss gathers every rank's embeddings, so the run equals one
+process on the same batch (tested). `--batch` is the global batch; it must divide among the ranks.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from qwen25vl.recipes.run import _autocast, _load_model, _printer, end_step, res
 from qwen25vl.recipes.stages import Recipe
 from qwen25vl.train.checkpoint import TOKENIZER_FILES
 from qwen25vl.train.clip import CLIPModel, TextTowerConfig, clip_step, collate_pairs, embed_all, retrieval_accuracy
-from qwen25vl.train.distributed import init_distributed
+from qwen25vl.train.distributed import barrier, close, init_distributed
 from qwen25vl.train.optim import build_optimizer, build_scheduler
 
 # Ours (CLIP's paper: 5e-4 peak, weight decay 0.2, a batch of 32k; ours is smaller, the rate is kept). The "llm" group
@@ -40,33 +43,38 @@ def train_clip(recipe: Recipe, *, data: list[str], out: str, model: str | None =
                heldout: list[str] | None = None, text: dict | None = None, embed_dim: int = 256,
                die_after_step: int | None = None, quiet: bool = False) -> list[dict]:
     """Run contrastive pretraining; returns the log records (steps, then the held-out retrieval before and after)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("train clip runs in one process (the loss needs every pair's embedding; no gather yet)")
     if (model is None) == (preset is None):
         raise ConfigError("give exactly one of --model FOLDER (config, tokenizer, LLM) or --preset NAME")
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    if batch % ranks:
+        raise ConfigError(f"--batch {batch} (the global batch) does not divide among {ranks} ranks")
     world = init_distributed(device)
     torch.manual_seed(recipe.seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    say = _printer(not quiet)
+    say = _printer(world.is_main and not quiet)
 
     # --- model: the config's ViT + merger from random weights, a text tower over the tokenizer's vocabulary -----------
-    config, source = _starting_point(model, preset, out, recipe.seed)
+    config, source = _starting_point(model, preset, out, recipe.seed, world.is_main)
     tokenizer, image_config = _processing(source)
     text_config = TextTowerConfig(vocab_size=config.text.vocab_size, **(text or {}))
     clip = CLIPModel(config.vision, text_config, embed_dim)
     _init_weights(clip, recipe.seed)
     clip.to(world.device)
+    if world.world_size > 1:
+        shard_clip(clip)
     optimizer = build_optimizer(clip, recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = build_scheduler(optimizer, warmup=recipe.warmup, total=recipe.steps, min_ratio=recipe.min_lr_ratio)
     vision = sum(p.numel() for p in clip.visual.parameters())
     say(f"{recipe.name}: ViT + merger {vision / 1e6:.2f}M, text tower and heads "
-        f"{(sum(p.numel() for p in clip.parameters()) - vision) / 1e6:.2f}M; device {world.device}")
+        f"{(sum(p.numel() for p in clip.parameters()) - vision) / 1e6:.2f}M; world {world.world_size}; "
+        f"device {world.device}")
 
     # --- data ---------------------------------------------------------------------------------------------------------
     options = dict(tokenizer=tokenizer, image_config=image_config, max_pixels=max_pixels,
                    max_tokens=text_config.max_tokens, log=say if not quiet else None)
-    loader = ClipLoader([r for path in data for r in iter_records(path)], batch=batch, seed=recipe.seed, **options)
+    loader = ClipLoader([r for path in data for r in iter_records(path)], batch=batch, seed=recipe.seed,
+                        rank=world.rank, world_size=world.world_size, **options)
     evaluator = ClipLoader([r for path in heldout for r in iter_records(path)], batch=min(batch, 64), **options) \
         if heldout else None
     say(f"data: {len(loader.pairs)} pairs, {loader.steps_per_epoch()} steps per epoch, "
@@ -75,12 +83,13 @@ def train_clip(recipe: Recipe, *, data: list[str], out: str, model: str | None =
     # --- resume, the held-out retrieval at the start ------------------------------------------------------------------
     start = resume_latest(out, clip, optimizer, scheduler, loader, say) if resume else 0
     log = []
-    log_file = (out / "log.jsonl").open("a")
+    log_file = (out / "log.jsonl").open("a") if world.is_main else None
 
     def record(entry: dict) -> None:
         log.append(entry)
-        log_file.write(json.dumps(entry) + "\n")
-        log_file.flush()
+        if log_file is not None:
+            log_file.write(json.dumps(entry) + "\n")
+            log_file.flush()
 
     if evaluator is not None and start == 0:
         record(evaluate(clip, evaluator, world, 0))
@@ -94,8 +103,8 @@ def train_clip(recipe: Recipe, *, data: list[str], out: str, model: str | None =
         with _autocast(world):
             stats = clip_step(clip, optimizer, scheduler, pairs, max_grad_norm=recipe.max_grad_norm)
         seconds = time.perf_counter() - t0
-        record({"step": step, **stats, "pairs": len(pairs.index), "pairs_per_s": len(pairs.index) / seconds,
-                "epoch": loader.epoch, "seconds": seconds})
+        record({"step": step, **stats, "pairs_per_s": stats["pairs"] / seconds, "epoch": loader.epoch,
+                "seconds": seconds})
         say(f"step {step}/{recipe.steps}  loss {stats['loss']:.4f}  in-batch accuracy {stats['accuracy']:.0%}  "
             f"temperature {stats['temperature']:.4f}  lr {stats['lr']:.2e}")
         end_step(step, recipe, out, clip, optimizer, scheduler, loader, world, die_after_step)
@@ -104,10 +113,26 @@ def train_clip(recipe: Recipe, *, data: list[str], out: str, model: str | None =
     if evaluator is not None:
         record(evaluate(clip, evaluator, world, recipe.steps))
         say(f"held-out retrieval at step {recipe.steps}: {log[-1]['retrieval']:.1%} (chance {log[-1]['chance']:.1%})")
-    log_file.close()
-    export_vision(clip, out / "hf", model=model, preset=preset, out=out, seed=recipe.seed, source=source)
+    if log_file is not None:
+        log_file.close()
+    export_vision(clip, out / "hf", model=model, preset=preset, out=out, seed=recipe.seed, source=source,
+                  is_main=world.is_main)
     say(f"wrote {out / 'hf'} (the trained ViT + merger; LLM from {model or preset})")
+    close()
     return log
+
+
+def shard_clip(clip: CLIPModel) -> CLIPModel:
+    """FSDP2: each ViT block and each text-tower layer its own unit, the root the rest (patch embedding, merger,
+    embeddings, projections, temperature)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in clip.visual.blocks:
+        fully_shard(block)
+    for layer in clip.text.layers:
+        fully_shard(layer)
+    fully_shard(clip)
+    return clip
 
 
 class ClipLoader:
@@ -115,13 +140,17 @@ class ClipLoader:
 
     A pair is a record's first image part and its last assistant answer (the caption, cut to `max_tokens` ids).
     Records without either are skipped and counted; an image that fails to decode is dropped from its batch (counted).
-    Each epoch shuffles the pairs with (seed, epoch); the last partial batch is left out."""
+    Each epoch shuffles the pairs with (seed, epoch); the last partial batch is left out. Under torchrun every rank
+    walks the same global batches and collates its own contiguous slice of each (`rank` of `world_size`)."""
 
     def __init__(self, records, *, tokenizer, image_config, batch: int, seed: int = 0, max_pixels: int | None = None,
-                 max_tokens: int = 64, log=None):
+                 max_tokens: int = 64, log=None, rank: int = 0, world_size: int = 1):
         if batch < 2:
             raise InputError(f"a contrastive batch needs at least 2 pairs, got batch {batch}")
+        if batch % world_size:
+            raise ConfigError(f"a batch of {batch} pairs does not divide among {world_size} ranks")
         self.tokenizer, self.image_config, self.batch, self.seed = tokenizer, image_config, batch, seed
+        self.rank, self.world_size = rank, world_size
         self.max_pixels, self.max_tokens, self.log = max_pixels, max_tokens, log
         self.skipped: Counter = Counter()
         self.pairs: list[tuple[Record, dict, str]] = []
@@ -153,6 +182,8 @@ class ClipLoader:
             order = self.order(self.epoch)
             while self.step < self.steps_per_epoch():
                 chosen = order[self.step * self.batch:(self.step + 1) * self.batch]
+                share = self.batch // self.world_size
+                chosen = chosen[self.rank * share:(self.rank + 1) * share]
                 self.step += 1  # counted before the yield: a checkpoint taken after the step sees it done
                 yield self.collate(chosen)
             self.epoch, self.step = self.epoch + 1, 0
@@ -217,29 +248,38 @@ def evaluate(clip: CLIPModel, loader: ClipLoader, world, step: int) -> dict:
     return {"eval": "heldout", "step": step, "retrieval": accuracy, "chance": chance, "pairs": len(captions)}
 
 
-def export_vision(clip: CLIPModel, folder: Path, *, model, preset, out: Path, seed: int, source: Path) -> Path:
-    """A full HF folder: the starting model (or the preset's seeded random one) with the trained `visual` weights."""
+def export_vision(clip: CLIPModel, folder: Path, *, model, preset, out: Path, seed: int, source: Path,
+                  is_main: bool = True) -> Path | None:
+    """A full HF folder: the starting model (or the preset's seeded random one) with the trained `visual` weights.
+    Every rank calls it (FSDP gathers the full weights); rank 0 writes."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     from qwen25vl.model.vlm import Qwen25VL
 
+    full = get_model_state_dict(clip, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if model is not None:
-        vlm = Qwen25VL.from_pretrained(model, dtype=torch.float32, progress=False)
+        vlm = Qwen25VL.from_pretrained(model, dtype=torch.float32, progress=False) if is_main else None
     else:
-        vlm, _ = _load_model(None, preset, out, seed, True)
-    vlm.visual.load_state_dict({k: v.detach().cpu() for k, v in clip.visual.state_dict().items()})
+        vlm, _ = _load_model(None, preset, out, seed, is_main)  # every rank: it ends in a barrier
+    if not is_main:
+        barrier()
+        return None
+    vlm.visual.load_state_dict({k.removeprefix("visual."): v for k, v in full.items() if k.startswith("visual.")})
     vlm.save_pretrained(folder)
     for name in TOKENIZER_FILES:
         if (Path(source) / name).is_file():
             shutil.copy(Path(source) / name, Path(folder) / name)
+    barrier()
     return folder
 
 
-def _starting_point(model, preset, out: Path, seed: int):
+def _starting_point(model, preset, out: Path, seed: int, is_main: bool = True):
     """(config, folder of the tokenizer and processor files)."""
     if model is not None:
         from qwen25vl.config import Qwen25VLConfig
 
         return Qwen25VLConfig.from_pretrained(model), Path(model)
-    vlm, source = _load_model(None, preset, out, seed, True)  # writes the tiny tokenizer into OUT/init
+    vlm, source = _load_model(None, preset, out, seed, is_main)  # rank 0 writes the tiny tokenizer into OUT/init
     return vlm.config, source
 
 

@@ -11,6 +11,11 @@ the symmetric InfoNCE of CLIP with a learned temperature:
 
 `logit_scale` starts at log(1 / 0.07) and is clamped to [0, log 100] after every step, as CLIP does. Only `visual`
 is kept after training; the text tower, both projections and the temperature are thrown away.
+
+Under torchrun each rank embeds its share of the step's pairs and gathers every rank's embeddings (differentiably,
+`gather_rows`), so each rank's loss is the one over the whole batch: the negatives are the global batch's, as in one
+process. The gather's backward sums the ranks' identical losses' gradients (W times the batch loss's), and FSDP's
+gradient reduction divides by W: every parameter gets the batch loss's gradient, as in one process.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -38,6 +44,39 @@ def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor,
     logits = logit_scale.float().exp() * image @ text.T  # (B, E) x (E, B) -> (B, B)
     target = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2, logits
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """(rows, C) of this rank -> every rank's rows in rank order, with gradients flowing back to each rank's own;
+    ranks may hold different counts (a batch whose undecodable images were dropped). One process: `x` itself."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    return _GatherRows.apply(x)
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather forward; backward: the sum over ranks of the gradient wrt the gathered rows (all_reduce; the
+    embeddings are small, and gloo has no reduce_scatter), this rank's slice of it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        counts = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+        dist.all_gather(counts, torch.tensor([x.shape[0]], dtype=torch.long, device=x.device))
+        counts = [int(c) for c in counts]
+        most = max(counts)
+        padded = x.new_zeros(most, *x.shape[1:])  # all_gather moves equal shapes: pad, keep each rank's real rows
+        padded[:x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.start, ctx.rows = sum(counts[:rank]), x.shape[0]
+        return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # every rank's loss reads every rank's rows
+        return grad[ctx.start:ctx.start + ctx.rows]
 
 
 def clamp_logit_scale(model: nn.Module) -> None:
@@ -155,7 +194,8 @@ class CLIPModel(nn.Module):
         self.text = TextTower(text_config)
         self.image_proj = nn.Linear(vision_config.out_hidden_size, embed_dim, bias=False)
         self.text_proj = nn.Linear(text_config.hidden_size, embed_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+        # shape (1,), not a scalar: FSDP2 shards parameters along dim 0
+        self.logit_scale = nn.Parameter(torch.tensor([LOGIT_SCALE_INIT]))
 
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
         """(B, embed_dim): each image's merger output, mean-pooled over its tokens, projected."""
@@ -168,19 +208,25 @@ class CLIPModel(nn.Module):
     def encode_texts(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         return self.text_proj(self.text(input_ids, cu_seqlens.long()))
 
-    def forward(self, batch: ClipBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: ClipBatch, embed_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss over every rank's pairs, logits); `embed_only`: (image, text) embeddings of this batch alone (the
+        held-out retrieval: under FSDP every call must enter through the root module's forward)."""
         image = self.encode_images(batch.pixel_values, batch.image_grid_thw)
         text = self.encode_texts(batch.input_ids, batch.cu_seqlens)
-        return clip_loss(image, text, self.logit_scale)
+        if embed_only:
+            return image, text
+        return clip_loss(gather_rows(image), gather_rows(text), self.logit_scale)
 
 
 def clip_step(model: CLIPModel, optimizer, scheduler, batch: ClipBatch, *, max_grad_norm: float | None = 1.0) -> dict:
-    """One optimizer step on one batch: loss, in-batch image -> text accuracy, temperature, grad norm, lr."""
+    """One optimizer step on one batch (under torchrun: this rank's share of it): loss, in-batch image -> text
+    accuracy, temperature, grad norm, lr and the pairs the loss saw (every rank's)."""
     loss, logits = model(batch)
     loss.backward()
     norm = None
     if max_grad_norm is not None:
-        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
     lr = max(group["lr"] for group in optimizer.param_groups)
     optimizer.step()
     scheduler.step()
@@ -188,8 +234,10 @@ def clip_step(model: CLIPModel, optimizer, scheduler, batch: ClipBatch, *, max_g
     clamp_logit_scale(model)
     target = torch.arange(logits.shape[0], device=logits.device)
     accuracy = float((logits.detach().argmax(dim=1) == target).float().mean())
-    temperature = float(1 / model.logit_scale.detach().exp())
-    return {"loss": float(loss.detach()), "accuracy": accuracy, "temperature": temperature, "grad_norm": norm, "lr": lr}
+    scale = model.logit_scale.detach()
+    temperature = float(1 / (scale.full_tensor() if hasattr(scale, "full_tensor") else scale).exp())
+    return {"loss": float(loss.detach()), "accuracy": accuracy, "temperature": temperature, "grad_norm": norm, "lr": lr,
+            "pairs": logits.shape[0]}
 
 
 @torch.no_grad()
@@ -197,7 +245,8 @@ def embed_all(model: CLIPModel, batches) -> tuple[torch.Tensor, torch.Tensor, li
     """(image embeddings, text embeddings, texts) of every pair of `batches`, in order."""
     images, texts, captions = [], [], []
     for batch in batches:
-        images.append(model.encode_images(batch.pixel_values, batch.image_grid_thw).cpu())
-        texts.append(model.encode_texts(batch.input_ids, batch.cu_seqlens).cpu())
+        image, text = model(batch, embed_only=True)
+        images.append(image.cpu())
+        texts.append(text.cpu())
         captions += batch.texts
     return torch.cat(images), torch.cat(texts), captions
