@@ -130,7 +130,12 @@ def test_measure_trains_scores_and_records_the_probes(small_run, tmp_path):
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
     off = measure(model, tmp_path / "data", tmp_path / "off", steps=2, batch=2, char_until=0.0, vision_ratio=0.2,
                   train=6, limit=3)
-    assert off["char_acc_vit"] is None  # no probes: nothing to report
+    assert off["char_acc_vit"] is None and "letter_acc" not in off  # no probes, no letter stage: nothing to report
+    first = measure(model, tmp_path / "data", tmp_path / "letters", steps=2, batch=2, char_until=0.0,
+                    vision_ratio=0.2, train=6, limit=3, letter_steps=3, letter_batch=2)
+    assert first["letter_steps"] == 3 and 0.0 <= first["letter_acc"] <= 1.0
+    logged = [json.loads(x) for x in (tmp_path / "letters" / "log.jsonl").read_text().splitlines()]
+    assert logged[0]["stage"] == "letters" and logged[0]["step"] == 3  # the letter stage ran first
 
 
 def test_letter_targets_of_a_pack_equal_each_records_and_are_built_once(monkeypatch):
@@ -148,3 +153,22 @@ def test_letter_targets_of_a_pack_equal_each_records_and_are_built_once(monkeypa
     monkeypatch.setattr(tiny_ocr, "char_targets", lambda m, e: built.append(e) or want)
     pack([0, 1, 2])
     assert built == []  # every record of this pack was built by the first call
+
+
+def test_letter_stage_trains_the_vit_alone_on_the_word_images(ocr_pack):
+    """The vision-only letter stage: the ViT + merger move and the letter loss falls on the same three words; the
+    language model is untouched; a folder with fewer word records than a batch is refused."""
+    from qwen25vl.recipes.tiny_ocr import letter_stage
+
+    vlm, _, data, ocr, _, _ = ocr_pack
+    before = {k: v.clone() for k, v in vlm.state_dict().items()}
+    log = []
+    stats = letter_stage(vlm, ocr, steps=100, batch=3, lr=3e-3, log=log.append)
+    assert [e["step"] for e in log] == [50, 100] and all(e["stage"] == "letters" for e in log)
+    assert log[-1]["loss"] < 0.7 * log[0]["loss"], log
+    assert 0.0 <= stats["letter_acc"] <= 1.0 and stats["letter_loss"] > 0
+    after = vlm.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("visual."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("visual."))
+    with pytest.raises(ValueError, match="fewer than a batch"):
+        letter_stage(vlm, data, steps=1, batch=3)  # the grounding folder holds no word records
