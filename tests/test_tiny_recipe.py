@@ -1,7 +1,9 @@
 """The tiny model's recipe: dense targets on a hand-made scene, and a CI-sized run of both stages."""
 
 import dataclasses
+import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -311,3 +313,44 @@ def test_video_tokens_carry_the_frames_features(small_run, tmp_path):
     with torch.no_grad():
         noisy = dataclasses.replace(pack, pixel_values_videos=torch.randn_like(pack.pixel_values_videos))
         assert abs(float(loss_fn(noisy)[0]) - float(ce)) > 1e-4
+
+
+def test_reading_stage_teaches_letters_then_trains_on_stage_5s_mix(small_run, tmp_path):
+    """Stage 6: refused with a plain error (nothing written) while stage 5's sets are missing; then the letter stage
+    (ViT alone), the words alone and the mix run in turn, each logged, the gap measured, and a plain folder lands
+    in out/model."""
+    from safetensors.torch import load_file
+
+    from qwen25vl.data.synth import write_dataset
+    from qwen25vl.recipes.tiny import export, reading_stage
+
+    vlm, base, data = small_run
+    out = tmp_path / "out"
+    start = export(vlm, base, tmp_path / "start")
+    log = []
+    kwargs = dict(letter_steps=50, letter_lr=3e-3, steps=4, batch=4, lr=3e-3, decision_weight=4.0, seed=0,
+                  log_every=4, log=log.append, anchor_batch=2, char_until=1.0, ocr_steps=3)
+    with pytest.raises(FileNotFoundError, match="stage 5's sets"):
+        reading_stage(out, base, start, **kwargs)
+    assert not (out / "model").exists() and log == []
+    write_dataset("grounding", out / "data" / "grounding-skills", train=4, heldout=12, seed=1, progress=False,
+                  size=112, max_objects=2, mix="presence", text_first=True)  # the question first, as stage 5's scenes
+    write_dataset("ocr", out / "data" / "ocr-skills", train=24, heldout=2, seed=4, progress=False, size=112,
+                  tasks="word", scripts="latin", rotate=False, min_px=20)
+    write_dataset("video", out / "data" / "video-skills", train=2, heldout=0, seed=4, progress=False, size=112,
+                  max_seconds=4, max_objects=1, sample_fps="1,2", tasks="span,disappear")
+    folder = reading_stage(out, base, start, **kwargs)
+    assert folder == out / "model"
+    stages = [e["stage"] for e in log]
+    assert stages == (["letters"] * stages.count("letters") + ["reading-words"] * stages.count("reading-words")
+                      + ["reading"] * stages.count("reading"))  # letters, then the words alone, then the mix
+    words = [e for e in log if e["stage"] == "reading-words"]
+    assert words[-1]["step"] == 3 and "char_probe" in words[-1]  # the probes on throughout the words phase
+    assert math.isnan(words[-1]["shuffled_gap"])  # two held-out words of different sizes: no pack, no gap
+    assert [e["step"] for e in log if e["stage"] == "letters"] == [50]
+    assert all(e["anchor_drift"] >= 0 for e in log if e["stage"] == "letters")  # grounding scenes held by default
+    assert math.isfinite([e for e in log if e["stage"] == "reading"][-1]["shuffled_gap"])
+    assert "char_probe" in [e for e in log if e["stage"] == "reading"][-1]  # the character probes ride along
+    before, after = load_file(start / "model.safetensors"), load_file(folder / "model.safetensors")
+    assert before.keys() == after.keys()  # the letter head does not ship
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model."))  # the mix: the LLM

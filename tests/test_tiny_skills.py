@@ -105,9 +105,46 @@ def test_cli_names_a_missing_model_folder_without_a_traceback(tmp_path, capsys):
 def test_time_line_totals_only_a_run_that_recorded_every_stage():
     from qwen25vl.recipes.tiny_card import TIME_LABELS, time_line
 
-    every = {key: 60.0 * (i + 1) for i, (key, _) in enumerate(TIME_LABELS)}  # 1 + 2 + ... + 8 = 36 min
+    every = {key: 60.0 * (i + 1) for i, (key, _) in enumerate(TIME_LABELS)}  # 1 + 2 + ... + 9 = 45 min
     line = time_line(every, 2)
     assert line.startswith("- Time on 2 threads of the shared 2-core CPU: data + tokenizer 1.0 min, vision stage 2.0")
-    assert line.endswith("held-out scoring 8.0 min. In all 36 min (0.60 h) from nothing.")
+    assert "stage 5 with its data 7.0 min, stage 6 8.0 min" in line
+    assert line.endswith("held-out scoring 9.0 min. In all 45 min (0.75 h) from nothing.")
     later = {k: v for k, v in every.items() if k not in ("vision_s", "joint_s")}  # started from an earlier run
     assert "In all" not in time_line(later, 1) and time_line(later, 1).startswith("- Time on one thread")
+
+
+def test_a_run_from_an_earlier_stage_5_folder_takes_that_cards_recipe_and_adds_stage_6(tmp_path):
+    from qwen25vl.recipes.tiny_card import _earlier_lines, _reading_lines
+
+    none = "- The stages before this run's ran in an earlier run whose card is not at hand."
+    assert _earlier_lines(tmp_path) == [none]
+    for name, line in (("model-refine", "- stage 4 line"), ("model-skills", "- stage 5 line")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "MODEL_CARD.md").write_text(
+            f"# card\n\n## Architecture\n- not recipe\n\n## Data and recipe\n{line}\n  - nested\n\n"
+            "## Held-out\n| x |\n")
+    lines = _earlier_lines(tmp_path)  # the latest stage folder's card wins, its recipe section only, indented
+    assert lines[0].endswith("(from the card of `model-skills/`, the folder this run started from):")
+    assert lines[1:] == ["  - stage 5 line", "    - nested"]
+
+    entries = [{"stage": "letters", "step": 100, "char_acc_100": 0.4},
+               {"stage": "letters", "step": 4000, "char_acc_100": 0.532},
+               {"stage": "reading", "step": 2000, "shuffled_gap": 0.5}]
+    assert _reading_lines(tmp_path, entries, lambda e: "GAPS") == []  # no stage6.json: the stage did not run here
+    (tmp_path / "stage6.json").write_text(json.dumps({"letter_steps": 4000, "letter_lr": 0.002, "steps": 2000,
+                                                      "batch": 16, "lr": 0.0005, "decision_weight": 4.0}))
+    recipe, gap = _reading_lines(tmp_path, entries, lambda e: f"{len(e)} GAPS")
+    assert "first 4000 steps" in recipe and "lr 0.002" in recipe and "then 2000 steps of 16 records" in recipe
+    assert "centre-letter accuracy over its last 100 steps 53.2%" in recipe  # the last letters entry, not the first
+    assert "held to the starting tower's" not in recipe and "probes" not in recipe  # none recorded, none claimed
+    (tmp_path / "stage6.json").write_text(json.dumps({"letter_steps": 4000, "letter_lr": 0.002, "steps": 2000,
+                                                      "batch": 16, "lr": 0.0005, "decision_weight": 4.0,
+                                                      "letter_anchor": 10.0, "anchor_batch": 8, "char_until": 0.6}))
+    assert "while 8 of stage 5's grounding scenes a step are held to the starting tower's merged features" in \
+        _reading_lines(tmp_path, entries, lambda e: "")[0]
+    assert "weighted 10x" in _reading_lines(tmp_path, entries, lambda e: "")[0]
+    assert "for the first 60% of them training-only character probes" in _reading_lines(tmp_path, entries,
+                                                                                          lambda e: "")[0]
+    assert gap == "- Stage 6 shuffled-image gap on grounding held-out packs: 1 GAPS."  # reading entries only
+    assert _reading_lines(tmp_path, entries[:2], lambda e: "GAPS") == []  # no mix steps logged: nothing claimed

@@ -263,7 +263,10 @@ class JointLoss(nn.Module):
 @torch.no_grad()
 def shuffled_gap(loss_fn: JointLoss, groups: list[PackedBatch]) -> tuple[float, float]:
     """(mean CE with the right images, mean CE with images rolled by one across each pack). Each pack holds
-    samples whose images share one grid, so a rolled image has the same token count."""
+    samples whose images share one grid, so a rolled image has the same token count. NaN for both when there are
+    no packs (a held-out split with no two images of one size)."""
+    if not groups:
+        return float("nan"), float("nan")
     right = wrong = targets = 0.0
     for batch in groups:
         features = loss_fn.features(batch)

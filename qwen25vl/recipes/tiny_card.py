@@ -46,8 +46,10 @@ def score_table(scores: dict) -> str:
 
 def _earlier_lines(run: Path) -> list[str]:
     """The recipe lines of an earlier run's card, when this run started from that run's exported folder (the
-    latest stage folder holding a MODEL_CARD.md: `model-refine/`, `model-presence/` or `model-joint/`)."""
-    card = next((run / name / "MODEL_CARD.md" for name in ("model-refine", "model-presence", "model-joint")
+    latest stage folder holding a MODEL_CARD.md: `model-skills/`, `model-refine/`, `model-presence/` or
+    `model-joint/`)."""
+    card = next((run / name / "MODEL_CARD.md" for name in ("model-skills", "model-refine", "model-presence",
+                                                           "model-joint")
                  if (run / name / "MODEL_CARD.md").is_file()), None)
     if card is None:
         return ["- The stages before this run's ran in an earlier run whose card is not at hand."]
@@ -89,8 +91,9 @@ def model_card(folder: Path, run: Path) -> str:
         "",
         "A plain Qwen2.5-VL checkpoint folder (official key layout, bf16, "
         f"{size / 1e6:.1f} MB) trained from scratch by `make tiny-model` (`qwen25vl/recipes/tiny.py`) on the "
-        "grounding engine's synthetic scenes" + (", then on the OCR and video engines' data beside a grounding "
-                                                 "replay" if any(e["stage"] == "skills" for e in log) else " only")
+        "grounding engine's synthetic scenes"
+        + (", then on the OCR and video engines' data beside a grounding replay"
+           if any(e["stage"] in ("skills", "reading") for e in log) else " only")
         + ". It exists to prove the system works end to end and to power `make demo`; it is not a useful "
         "vision-language model.",
         "",
@@ -163,8 +166,9 @@ def model_card(folder: Path, run: Path) -> str:
             f"- Stage 4 shuffled-image gap on its held-out packs: {gap_line(refine_log)}.",
         ]
     parts += _skills_lines(run, [e for e in log if e["stage"] == "skills"], gap_line)
-    stage5 = json.loads((run / "stage5.json").read_text()) if (run / "stage5.json").is_file() else {}
-    parts.append(time_line(times, stage5.get("threads", 1)))
+    parts += _reading_lines(run, [e for e in log if e["stage"] in ("letters", "reading")], gap_line)
+    later = [json.loads((run / f"stage{n}.json").read_text()) for n in (5, 6) if (run / f"stage{n}.json").is_file()]
+    parts.append(time_line(times, next((s["threads"] for s in later if "threads" in s), 1)))
     if scores:
         order = " (each question asked before its image)" if scores.get("text_first") else ""
         parts += ["", "## Held-out scores", "",
@@ -201,7 +205,8 @@ def model_card(folder: Path, run: Path) -> str:
 
 TIME_LABELS = (("data_and_tokenizer_s", "data + tokenizer"), ("vision_s", "vision stage"), ("joint_s", "joint stage"),
                ("presence_data_s", "stage-3 data"), ("presence_s", "stage 3"), ("refine_s", "stage 4 with its data"),
-               ("skills_s", "stage 5 with its data"), ("heldout_eval_s", "held-out scoring"))
+               ("skills_s", "stage 5 with its data"), ("reading_s", "stage 6"),
+               ("heldout_eval_s", "held-out scoring"))
 
 
 def time_line(times: dict, threads: int) -> str:
@@ -261,6 +266,34 @@ def _skills_lines(run: Path, entries: list, gap_line) -> list[str]:
         f"shuffled mix, lr {s5['lr']} (ViT 0.2x), 5% warm-up then cosine to 0.1x, grounding decision tokens "
         f"{s5['decision_weight']}x, no probes.",
         f"- Stage 5 shuffled-image gap on grounding held-out packs: {gap_line(entries)}.",
+    ]
+
+
+def _reading_lines(run: Path, entries: list, gap_line) -> list[str]:
+    """Stage 6's recipe lines (the letter stage's accuracy, the mix's settings and gap), when the run has it."""
+    stage6 = run / "stage6.json"
+    reading = [e for e in entries if e["stage"] == "reading"]
+    if not reading or not stage6.is_file():
+        return []
+    s6 = json.loads(stage6.read_text())
+    letters = [e for e in entries if e["stage"] == "letters"]
+    accuracy = (f"; centre-letter accuracy over its last 100 steps {letters[-1]['char_acc_100']:.1%} (the most "
+                "frequent letter alone: about 12%)") if letters else ""
+    return [
+        f"- Stage 6 (reading) from the stage-5 folder: first {s6['letter_steps']} steps of the ViT + merger alone on "
+        f"stage 5's word images (24 a step, lr {s6['letter_lr']}, 5% warm-up then cosine to 0.1x) with a throwaway "
+        "linear head on every merged 28 px cell predicting the letters under it, the letter under its centre and "
+        f"that letter's place in the word (targets from the word's ink box split by advance widths)"
+        + (f", while {s6.get('anchor_batch', '?')} of stage 5's grounding scenes a step are held to the starting "
+           "tower's merged features (their squared error over the features' mean square, weighted "
+           f"{s6['letter_anchor']:g}x, so the objects the LLM reads stay where they were)"
+           if s6.get("letter_anchor") else "") + f"{accuracy}; "
+        f"then {s6['steps']} steps of {s6['batch']} records on stage 5's mix again, lr {s6['lr']} (ViT 0.2x), 5% "
+        f"warm-up then cosine to 0.1x, grounding decision tokens {s6['decision_weight']}x"
+        + (f", for the first {s6['char_until']:.0%} of them training-only character probes on the merger output and "
+           "LLM layer 1's image tokens of the word images (the letters under each cell)" if s6.get("char_until")
+           else "") + ". The heads are dropped.",
+        f"- Stage 6 shuffled-image gap on grounding held-out packs: {gap_line(reading)}.",
     ]
 
 

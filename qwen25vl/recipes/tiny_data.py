@@ -86,13 +86,22 @@ _IMAGE_PATHS: dict = {}
 
 
 def _image_path(data: Path, meta: dict) -> str:
-    """The image of a meta line (the record with the same id)."""
-    if not _IMAGE_PATHS:
+    """The image of a meta line (the record with the same id in the same folder)."""
+    folder = Path(data).resolve()
+    key = (str(folder), folder.stat().st_mtime_ns)  # a folder rewritten in place is read again
+    paths = _IMAGE_PATHS.get(key)
+    if paths is None:
+        paths = {}
         for split in ("train", "heldout"):
             records, metas = read_split(data, split)
             for r, m in zip(records, metas):
-                _IMAGE_PATHS[m["id"]] = r.messages[0]["content"][0]["image"]
-    return _IMAGE_PATHS[meta["id"]]
+                image = next((part["image"] for part in r.messages[0]["content"] if "image" in part), None)
+                if image is not None:  # the question may come first (text_first); a clip has no image
+                    paths[m["id"]] = image
+        _IMAGE_PATHS[key] = paths
+    if meta["id"] not in paths:
+        raise KeyError(f"{data}: no record with id {meta['id']!r}")
+    return paths[meta["id"]]
 
 
 def gap_packs(encoder, records, metas, count: int, per_pack: int = 8) -> list:
