@@ -288,6 +288,8 @@ def _reading_lines(run: Path, entries: list, gap_line) -> list[str]:
            "tower's merged features (their squared error over the features' mean square, weighted "
            f"{s6['letter_anchor']:g}x, so the objects the LLM reads stay where they were)"
            if s6.get("letter_anchor") else "") + f"{accuracy}; "
+        + (f"then {s6['words_steps']} steps of {s6['batch']} records on stage 5's words alone, lr {s6['words_lr']} "
+           "(ViT 0.2x), the character probes on throughout; " if s6.get("words_steps") else "") + 
         f"then {s6['steps']} steps of {s6['batch']} records on stage 5's mix again, lr {s6['lr']} (ViT 0.2x), 5% "
         f"warm-up then cosine to 0.1x, grounding decision tokens {s6['decision_weight']}x"
         + (f", for the first {s6['char_until']:.0%} of them training-only character probes on the merger output and "
