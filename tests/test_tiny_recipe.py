@@ -329,7 +329,7 @@ def test_reading_stage_teaches_letters_then_trains_on_stage_5s_mix(small_run, tm
     start = export(vlm, base, tmp_path / "start")
     log = []
     kwargs = dict(letter_steps=50, letter_lr=3e-3, steps=4, batch=4, lr=3e-3, decision_weight=4.0, seed=0,
-                  log_every=4, log=log.append, anchor_batch=2, char_until=1.0, ocr_steps=3)
+                  log_every=4, log=log.append, anchor_batch=2, char_until=1.0, words_steps=3)
     with pytest.raises(FileNotFoundError, match="stage 5's sets"):
         reading_stage(out, base, start, **kwargs)
     assert not (out / "model").exists() and log == []

@@ -140,10 +140,13 @@ def test_a_run_from_an_earlier_stage_5_folder_takes_that_cards_recipe_and_adds_s
     assert "held to the starting tower's" not in recipe and "probes" not in recipe  # none recorded, none claimed
     (tmp_path / "stage6.json").write_text(json.dumps({"letter_steps": 4000, "letter_lr": 0.002, "steps": 2000,
                                                       "batch": 16, "lr": 0.0005, "decision_weight": 4.0,
-                                                      "letter_anchor": 10.0, "anchor_batch": 8, "char_until": 0.6}))
+                                                      "letter_anchor": 10.0, "anchor_batch": 8, "char_until": 0.6,
+                                                      "words_steps": 1200, "words_lr": 0.0008}))
     assert "while 8 of stage 5's grounding scenes a step are held to the starting tower's merged features" in \
         _reading_lines(tmp_path, entries, lambda e: "")[0]
     assert "weighted 10x" in _reading_lines(tmp_path, entries, lambda e: "")[0]
+    assert "then 1200 steps of 16 records on stage 5's words alone, lr 0.0008" in _reading_lines(
+        tmp_path, entries, lambda e: "")[0] and "words alone" not in recipe  # a phase only when recorded
     assert "for the first 60% of them training-only character probes" in _reading_lines(tmp_path, entries,
                                                                                           lambda e: "")[0]
     assert gap == "- Stage 6 shuffled-image gap on grounding held-out packs: 1 GAPS."  # reading entries only

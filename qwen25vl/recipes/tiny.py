@@ -22,8 +22,8 @@
 8. Reading stage: that folder's ViT + merger first trained alone on stage 5's word images with a throwaway head on
    every merged cell naming the letters under it (`tiny_ocr.letter_stage`) while stage 5's grounding scenes are
    held to the starting tower's features, then the whole model on the words alone with the character probes on,
-   then on stage 5's mix again at a lower peak rate (grounding comes back); exported to `model/`. With `--evaluate`, held-out scores of every engine (`tiny_eval`,
-   `tiny_skills`) land in `model/scores.json`.
+   then on stage 5's mix again at a lower peak rate (grounding comes back); exported to `model/`. With
+   `--evaluate`, held-out scores of every engine (`tiny_eval`, `tiny_skills`) land in `model/scores.json`.
 Each stage is skipped when its output exists, so a stopped run continues from the last finished stage.
 """
 
@@ -261,10 +261,10 @@ def build(out: Path, *, train: int, heldout: int, vision_steps: int, vision_batc
         return later("stage6", "reading_s", out / "model", {
             "letter_steps": letter_steps, "letter_lr": letter_lr, "letter_anchor": letter_anchor,
             "anchor_batch": ANCHOR_BATCH, "words_steps": words_steps, "words_lr": words_lr, "steps": reading_steps,
-            "batch": joint_batch, "char_until": reading_probe,
-            "lr": reading_lr, "decision_weight": decision_weight, "threads": threads}, lambda: reading_stage(
+            "batch": joint_batch, "lr": reading_lr, "char_until": reading_probe, "decision_weight": decision_weight,
+            "threads": threads}, lambda: reading_stage(
                 out, base, start, letter_steps=letter_steps, letter_lr=letter_lr, letter_anchor=letter_anchor,
-                ocr_steps=words_steps, ocr_lr=words_lr, steps=reading_steps, char_until=reading_probe,
+                words_steps=words_steps, words_lr=words_lr, steps=reading_steps, char_until=reading_probe,
                 batch=joint_batch, lr=reading_lr, decision_weight=decision_weight, seed=seed, log_every=log_every,
                 log=log))
 
@@ -368,11 +368,11 @@ def skills_stage(out: Path, base: Path, start: Path, *, steps: int, batch: int, 
 def reading_stage(out: Path, base: Path, start: Path, *, letter_steps: int, letter_lr: float, steps: int,
                   batch: int, lr: float, decision_weight: float, seed: int, log_every: int, log,
                   letter_anchor: float = 10.0, anchor_batch: int = ANCHOR_BATCH, char_until: float = 0.6,
-                  ocr_steps: int = 0, ocr_lr: float = 8e-4) -> Path:
+                  words_steps: int = 0, words_lr: float = 8e-4) -> Path:
     """Stage 6: the stage-5 folder's ViT + merger trained alone for `letter_steps` on stage 5's word images, each
     merged cell's letters as targets (`tiny_ocr.letter_stage`, lr `letter_lr`), with `anchor_batch` of stage 5's
     grounding scenes a step held to the starting tower's features (`letter_anchor`: the weight of their relative
-    error; 0: no anchor); then the whole model on stage 5's words alone for `ocr_steps` at `ocr_lr` peak, the
+    error; 0: no anchor); then the whole model on stage 5's words alone for `words_steps` at `words_lr` peak, the
     character probes (`tiny_ocr`) on throughout; then on stage 5's mix (its grounding, OCR and video train sets)
     for `steps` at `lr` peak, the probes on for the first `char_until` of them. Exported to `out/model`.
 
@@ -394,21 +394,20 @@ def reading_stage(out: Path, base: Path, start: Path, *, letter_steps: int, lett
         raise FileNotFoundError(f"stage 6 trains on stage 5's sets, and {missing[0]} holds none: run stage 5 first "
                                 "(or pass --reading-steps 0)")
     vlm = Qwen25VL.from_pretrained(start, dtype=torch.float32, progress=False)
-    say(f"stage 6 from {start}: {letter_steps} letter steps, {ocr_steps} steps on the words, then {steps} steps "
+    say(f"stage 6 from {start}: {letter_steps} letter steps, {words_steps} steps on the words, then {steps} steps "
         "on stage 5's mix")
     if letter_steps > 0:
         stats = letter_stage(vlm, mix[1], steps=letter_steps, lr=letter_lr, seed=seed + 6, log=log,
                              anchor=mix[0] if letter_anchor > 0 else None, anchor_batch=anchor_batch,
                              anchor_weight=letter_anchor)
         say(f"letter stage: centre-letter accuracy {stats['letter_acc']:.3f} over its last 100 steps")
-    if ocr_steps > 0:
-        joint_stage(vlm, base, mix[1], steps=ocr_steps, batch=batch, lr=ocr_lr, vision_ratio=0.2, dense_until=0.0,
+    if words_steps > 0:
+        joint_stage(vlm, base, mix[1], steps=words_steps, batch=batch, lr=words_lr, vision_ratio=0.2, dense_until=0.0,
                     warmup=0.05, stage="reading-words", seed=seed + 7, log_every=log_every, log=log, char_until=1.0,
                     save=lambda step: export(vlm, base, out / "model-partial"))
     joint_stage(vlm, base, mix, steps=steps, batch=batch, lr=lr, vision_ratio=0.2, dense_until=0.0, warmup=0.05,
                 stage="reading", seed=seed + 6, log_every=log_every, log=log, decision_weight=decision_weight,
-                char_until=char_until,
-                save=lambda step: export(vlm, base, out / "model-partial"))
+                char_until=char_until, save=lambda step: export(vlm, base, out / "model-partial"))
     export(vlm, base, folder)
     return folder
 
@@ -463,9 +462,8 @@ def main(argv=None) -> int:
                    count_until=args.count_probe_until, match_until=args.match_probe_until,
                    refine_steps=args.refine_steps, refine_lr=args.refine_lr, skills_steps=args.skills_steps,
                    skills_lr=args.skills_lr, letter_steps=args.letter_steps, letter_lr=args.letter_lr,
-                   letter_anchor=args.letter_anchor, reading_probe=args.reading_probe, words_steps=args.words_steps,
-                   words_lr=args.words_lr,
-                   reading_steps=args.reading_steps, reading_lr=args.reading_lr)
+                   letter_anchor=args.letter_anchor, words_steps=args.words_steps, words_lr=args.words_lr,
+                   reading_steps=args.reading_steps, reading_lr=args.reading_lr, reading_probe=args.reading_probe)
     if args.evaluate:
         from qwen25vl.recipes.tiny_eval import full_scores
 

@@ -270,7 +270,8 @@ def _skills_lines(run: Path, entries: list, gap_line) -> list[str]:
 
 
 def _reading_lines(run: Path, entries: list, gap_line) -> list[str]:
-    """Stage 6's recipe lines (the letter stage's accuracy, the mix's settings and gap), when the run has it."""
+    """Stage 6's recipe lines (the letter stage's accuracy, the words and mix phases' settings, the mix's gap), when
+    the run has it."""
     stage6 = run / "stage6.json"
     reading = [e for e in entries if e["stage"] == "reading"]
     if not reading or not stage6.is_file():
@@ -289,8 +290,8 @@ def _reading_lines(run: Path, entries: list, gap_line) -> list[str]:
            f"{s6['letter_anchor']:g}x, so the objects the LLM reads stay where they were)"
            if s6.get("letter_anchor") else "") + f"{accuracy}; "
         + (f"then {s6['words_steps']} steps of {s6['batch']} records on stage 5's words alone, lr {s6['words_lr']} "
-           "(ViT 0.2x), the character probes on throughout; " if s6.get("words_steps") else "") + 
-        f"then {s6['steps']} steps of {s6['batch']} records on stage 5's mix again, lr {s6['lr']} (ViT 0.2x), 5% "
+           "(ViT 0.2x), the character probes on throughout; " if s6.get("words_steps") else "")
+        + f"then {s6['steps']} steps of {s6['batch']} records on stage 5's mix again, lr {s6['lr']} (ViT 0.2x), 5% "
         f"warm-up then cosine to 0.1x, grounding decision tokens {s6['decision_weight']}x"
         + (f", for the first {s6['char_until']:.0%} of them training-only character probes on the merger output and "
            "LLM layer 1's image tokens of the word images (the letters under each cell)" if s6.get("char_until")

@@ -87,8 +87,7 @@ _IMAGE_PATHS: dict = {}
 
 def _image_path(data: Path, meta: dict) -> str:
     """The image of a meta line (the record with the same id in the same folder)."""
-    folder = Path(data).resolve()
-    key = (str(folder), folder.stat().st_mtime_ns)  # a folder rewritten in place is read again
+    key = str(data)
     paths = _IMAGE_PATHS.get(key)
     if paths is None:
         paths = {}
